@@ -1,0 +1,133 @@
+"""Sparse code containers and the sparse decode used by every sparse family.
+
+A batch of codes with few non-zeros per token is kept as a ragged list of
+(value, concept) pairs grouped by token, so decoding touches only the selected
+atoms: ``x_hat_i = sum_e values[e] * D[indices[e]]`` for the entries ``e`` of token ``i``.
+``torch.nn.functional.embedding_bag`` does exactly this, and its backward is sparse
+too: the gradient of ``values`` gathers one atom per entry and the gradient of ``D``
+is an index-add over the selected rows, never a dense (N × n_concepts) product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class SparseCodes:
+    """Codes of ``n_tokens`` tokens over ``n_concepts`` concepts in ragged form.
+
+    Entries are grouped by token: token ``i`` owns ``values[offsets[i]:offsets[i+1]]``
+    (``offsets`` has ``n_tokens`` entries; the last group runs to the end).
+    A concept may appear twice in one token (matching pursuit re-selects atoms);
+    its coefficients then add up. Zero values are allowed and count as inactive.
+    """
+
+    values: Tensor  # (E,)
+    indices: Tensor  # (E,) int64 concept ids
+    offsets: Tensor  # (N,) int64 start of each token's entries
+    n_concepts: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets.shape[0])
+
+    @staticmethod
+    def from_fixed(values_NK: Tensor, indices_NK: Tensor, n_concepts: int) -> SparseCodes:
+        """Codes with exactly K entries per token (TopK, matching pursuit)."""
+        n, k = values_NK.shape
+        offsets = torch.arange(n, device=values_NK.device, dtype=torch.long) * k
+        return SparseCodes(values_NK.reshape(-1), indices_NK.reshape(-1), offsets, n_concepts)
+
+    @staticmethod
+    def from_dense(codes_NC: Tensor) -> SparseCodes:
+        """Ragged form of the non-zeros of a dense (N, n_concepts) code matrix (differentiable)."""
+        rows, cols = codes_NC.nonzero(as_tuple=True)
+        counts = torch.bincount(rows, minlength=codes_NC.shape[0])
+        offsets = torch.cumsum(counts, 0) - counts
+        return SparseCodes(codes_NC[rows, cols], cols, offsets, codes_NC.shape[1])
+
+    def token_ids(self) -> Tensor:
+        """(E,) the token each entry belongs to."""
+        counts = torch.diff(
+            self.offsets,
+            append=torch.tensor([self.values.shape[0]], device=self.offsets.device),
+        )
+        return torch.repeat_interleave(
+            torch.arange(self.n_tokens, device=self.offsets.device), counts
+        )
+
+    def to_dense(self) -> Tensor:
+        """(N, n_concepts) dense codes; repeated concepts are summed."""
+        dense = self.values.new_zeros(self.n_tokens, self.n_concepts)
+        flat = self.token_ids() * self.n_concepts + self.indices
+        return dense.view(-1).index_add(0, flat, self.values).view(self.n_tokens, self.n_concepts)
+
+    def l0(self) -> Tensor:
+        """(N,) number of distinct active concepts per token."""
+        return (self.to_dense() != 0).sum(dim=1)
+
+    def detach(self) -> SparseCodes:
+        return SparseCodes(self.values.detach(), self.indices, self.offsets, self.n_concepts)
+
+
+def sparse_decode(codes: SparseCodes, atoms_CD: Tensor) -> Tensor:
+    """(N, d) = sum over each token's entries of value × atom; sparse in forward and backward."""
+    if codes.values.numel() == 0:
+        return atoms_CD.new_zeros(codes.n_tokens, atoms_CD.shape[1])
+    return F.embedding_bag(
+        codes.indices,
+        atoms_CD,
+        codes.offsets,
+        mode="sum",
+        per_sample_weights=codes.values.to(atoms_CD.dtype),
+    )
+
+
+class _SelectedLinear(torch.autograd.Function):
+    """Entries ``pre[i, idx[i, k]] = x[i] · W[idx[i, k]] + b[idx[i, k]]`` of a linear map.
+
+    The forward receives those entries already computed (the dense pre-activations are
+    needed anyway to choose them); the backward is sparse: O(N·K·d) instead of the
+    O(N·n_concepts·d) of a dense linear layer's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x_ND, weight_CD, bias_C, idx_NK, selected_NK):  # type: ignore[override]
+        ctx.save_for_backward(x_ND, weight_CD, idx_NK)
+        ctx.has_bias = bias_C is not None
+        return selected_NK.clone()
+
+    @staticmethod
+    def backward(ctx, grad_NK):  # type: ignore[override]
+        x_ND, weight_CD, idx_NK = ctx.saved_tensors
+        n, k = idx_NK.shape
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx_NK, weight_CD, mode="sum", per_sample_weights=grad_NK)
+        if ctx.needs_input_grad[1]:
+            rows = idx_NK.reshape(-1)
+            cols = torch.arange(n, device=idx_NK.device).repeat_interleave(k)
+            g = torch.sparse_coo_tensor(
+                torch.stack([rows, cols]), grad_NK.reshape(-1), (weight_CD.shape[0], n)
+            )
+            grad_w = torch.sparse.mm(g, x_ND)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(
+                weight_CD.shape[0], dtype=grad_NK.dtype, device=grad_NK.device
+            ).index_add_(0, idx_NK.reshape(-1), grad_NK.reshape(-1))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def selected_linear(
+    x_ND: Tensor, weight_CD: Tensor, bias_C: Tensor | None, idx_NK: Tensor, selected_NK: Tensor
+) -> Tensor:
+    """Differentiable ``(x @ weight.T + bias).gather(1, idx)`` given its value ``selected_NK``.
+
+    Use it after choosing ``idx`` from pre-activations computed without gradient.
+    """
+    return _SelectedLinear.apply(x_ND, weight_CD, bias_C, idx_NK, selected_NK)
