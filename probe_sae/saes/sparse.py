@@ -89,45 +89,49 @@ def sparse_decode(codes: SparseCodes, atoms_CD: Tensor) -> Tensor:
 
 
 class _SelectedLinear(torch.autograd.Function):
-    """Entries ``pre[i, idx[i, k]] = x[i] · W[idx[i, k]] + b[idx[i, k]]`` of a linear map.
+    """Entries ``pre[i, c] = x[i] · W[c] + b[c]`` of a linear map at chosen (token, concept) pairs.
 
     The forward receives those entries already computed (the dense pre-activations are
-    needed anyway to choose them); the backward is sparse: O(N·K·d) instead of the
-    O(N·n_concepts·d) of a dense linear layer's backward.
+    needed anyway to choose them); the backward is sparse: O(E·d) for E entries instead of
+    the O(N·n_concepts·d) of a dense linear layer's backward.
     """
 
     @staticmethod
-    def forward(ctx, x_ND, weight_CD, bias_C, idx_NK, selected_NK):  # type: ignore[override]
-        ctx.save_for_backward(x_ND, weight_CD, idx_NK)
+    def forward(ctx, x_ND, weight_CD, bias_C, indices_E, offsets_N, tokens_E, selected_E):  # type: ignore[override]
+        ctx.save_for_backward(x_ND, weight_CD, indices_E, offsets_N, tokens_E)
         ctx.has_bias = bias_C is not None
-        return selected_NK.clone()
+        return selected_E.clone()
 
     @staticmethod
-    def backward(ctx, grad_NK):  # type: ignore[override]
-        x_ND, weight_CD, idx_NK = ctx.saved_tensors
-        n, k = idx_NK.shape
+    def backward(ctx, grad_E):  # type: ignore[override]
+        x_ND, weight_CD, indices_E, offsets_N, tokens_E = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx_NK, weight_CD, mode="sum", per_sample_weights=grad_NK)
+            grad_x = F.embedding_bag(
+                indices_E, weight_CD, offsets_N, mode="sum", per_sample_weights=grad_E
+            )
         if ctx.needs_input_grad[1]:
-            rows = idx_NK.reshape(-1)
-            cols = torch.arange(n, device=idx_NK.device).repeat_interleave(k)
             g = torch.sparse_coo_tensor(
-                torch.stack([rows, cols]), grad_NK.reshape(-1), (weight_CD.shape[0], n)
+                torch.stack([indices_E, tokens_E]),
+                grad_E,
+                (weight_CD.shape[0], x_ND.shape[0]),
+                check_invariants=False,
             )
             grad_w = torch.sparse.mm(g, x_ND)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(
-                weight_CD.shape[0], dtype=grad_NK.dtype, device=grad_NK.device
-            ).index_add_(0, idx_NK.reshape(-1), grad_NK.reshape(-1))
-        return grad_x, grad_w, grad_b, None, None
+            grad_b = grad_E.new_zeros(weight_CD.shape[0]).index_add_(0, indices_E, grad_E)
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def selected_linear(
-    x_ND: Tensor, weight_CD: Tensor, bias_C: Tensor | None, idx_NK: Tensor, selected_NK: Tensor
+    x_ND: Tensor, weight_CD: Tensor, bias_C: Tensor | None, chosen: SparseCodes
 ) -> Tensor:
-    """Differentiable ``(x @ weight.T + bias).gather(1, idx)`` given its value ``selected_NK``.
+    """Differentiable values of ``x @ weight.T + bias`` at the entries of ``chosen``.
 
-    Use it after choosing ``idx`` from pre-activations computed without gradient.
+    ``chosen.values`` must already hold those values (computed without gradient, when the
+    entries were picked from the dense pre-activations); returns them as an (E,) tensor
+    whose backward is sparse.
     """
-    return _SelectedLinear.apply(x_ND, weight_CD, bias_C, idx_NK, selected_NK)
+    return _SelectedLinear.apply(
+        x_ND, weight_CD, bias_C, chosen.indices, chosen.offsets, chosen.token_ids(), chosen.values
+    )

@@ -1,0 +1,118 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead", arXiv 2407.14435).
+
+``z = pre · H(pre - θ)`` with a learned threshold θ > 0 per latent (parametrised as log θ),
+trained with an L0 penalty ``Σ_j H(pre_j - θ_j)``. H has no useful gradient, so θ gets
+straight-through pseudo-gradients through a kernel K of bandwidth ε (paper, eqs. 11-12):
+
+* ∂ JumpReLU(pre; θ) / ∂θ := -(θ / ε) · K((pre - θ) / ε)
+* ∂ H(pre - θ) / ∂θ       := -(1 / ε) · K((pre - θ) / ε)
+
+with the rectangle kernel ``K(u) = 1[-1/2 < u <= 1/2]``. The gradient with respect to
+``pre`` is the ordinary one (H(pre - θ) for JumpReLU, 0 for the step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
+from probe_sae.saes.dictionary import Dictionary
+
+
+def rectangle(u: Tensor) -> Tensor:
+    """Rectangle kernel K(u) = 1 on (-1/2, 1/2]."""
+    return ((u > -0.5) & (u <= 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > threshold)
+        grad_theta = (-(threshold / eps) * rectangle((pre - threshold) / eps) * grad).sum(dim=0)
+        return grad_pre, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = (-(1.0 / eps) * rectangle((pre - threshold) / eps) * grad).sum(dim=0)
+        return torch.zeros_like(pre), grad_theta, None
+
+
+def jumprelu(pre_NC: Tensor, threshold_C: Tensor, bandwidth: float) -> Tensor:
+    """JumpReLU with the paper's straight-through threshold gradient."""
+    return _JumpReLU.apply(pre_NC, threshold_C, bandwidth)
+
+
+def step(pre_NC: Tensor, threshold_C: Tensor, bandwidth: float) -> Tensor:
+    """Heaviside step H(pre - θ) with the paper's straight-through threshold gradient."""
+    return _Step.apply(pre_NC, threshold_C, bandwidth)
+
+
+class JumpReLUSAE(LinearEncoderSAE):
+    """Loss: per-element MSE + ``l0_coeff · mean_tokens Σ_j H(pre_j - θ_j)``."""
+
+    family = "jumprelu"
+
+    def __init__(
+        self,
+        d_model: int,
+        n_concepts: int,
+        l0_coeff: float = 1e-3,
+        bandwidth: float = 1e-3,
+        init_threshold: float = 1e-3,
+        dictionary: Dictionary | None = None,
+    ) -> None:
+        super().__init__(d_model, n_concepts, dictionary)
+        if bandwidth <= 0 or init_threshold <= 0:
+            raise ValueError("bandwidth and init_threshold must be positive")
+        self.l0_coeff, self.bandwidth = float(l0_coeff), float(bandwidth)
+        self.init_threshold = float(init_threshold)
+        self.log_threshold = nn.Parameter(torch.full((n_concepts,), math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> Tensor:
+        """(n_concepts,) θ = exp(log θ)."""
+        return self.log_threshold.exp()
+
+    def _encode(self, x_c: Tensor) -> Tensor:
+        return jumprelu(self.pre_activations(x_c), self.threshold, self.bandwidth)
+
+    def _forward(self, x_n: Tensor, *, dead_mask: Tensor | None) -> SAEOutput:
+        pre = self.pre_activations(x_n - self.b_pre)
+        theta = self.threshold
+        codes = jumprelu(pre, theta, self.bandwidth)
+        # Dense decode on purpose: latents just below θ (inside the kernel window) need the
+        # gradient of the loss with respect to their (zero) code for θ's pseudo-gradient.
+        x_hat = self.decoder.decode_dense(codes) + self.b_pre
+        rec = mse(x_hat, x_n)
+        l0 = step(pre, theta, self.bandwidth).sum(dim=1).mean()
+        loss = rec + self.l0_coeff * l0
+        return SAEOutput(x_hat, loss, {"mse": rec.detach(), "l0": l0.detach()}, dense_codes=codes)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "l0_coeff": self.l0_coeff,
+            "bandwidth": self.bandwidth,
+            "init_threshold": self.init_threshold,
+        }

@@ -1,0 +1,119 @@
+"""Matching-pursuit SAE (Costa, Fel et al. 2025, arXiv 2506.05239; companion arXiv 2506.03093).
+
+The encoder unrolls matching pursuit over one unit-norm dictionary D (which also decodes):
+``r_0 = x - b_pre``; for t = 1..k: ``j = argmax ReLU(D r_{t-1})``, ``c = <D_j, r_{t-1}>``,
+``z_j += c``, ``r_t = r_{t-1} - c D_j``. Atoms may be chosen again (their coefficients add up),
+so ``‖z‖₀ <= k``; a step whose best correlation is not positive adds nothing (and so do all
+later ones, since the residual no longer changes). For unit-norm atoms the residual norm
+never increases, ``‖r_t‖² = ‖r_{t-1}‖² - c²``, so ``k`` can be raised at inference.
+
+Implementation. Choosing the atoms needs no gradient and runs on the correlations
+``c = D r`` (N, n_concepts), updated through the Gram matrix ``G = D Dᵀ``:
+``c ← c - coef · G[j]`` (one gather per step, no (N × d) @ (d × n_concepts) product per step
+and no one-hot matrices). The differentiable path then replays the k steps on the k gathered
+atoms only, so gradients flow through the coefficients and the residual chain into D and
+b_pre, and not through the argmax. The loss is the plain MSE (k sets the sparsity).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from probe_sae.saes.base import SAE, SAEOutput, mse
+from probe_sae.saes.dictionary import Dictionary, FreeDictionary
+from probe_sae.saes.sparse import SparseCodes
+
+
+@torch.no_grad()
+def select_atoms(x_c_ND: Tensor, atoms_CD: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Matching-pursuit atom choices for each token, via the Gram matrix.
+
+    Returns:
+        indices (N, k) int64: the atom chosen at each step;
+        active (N, k) bool: whether that step added anything (best correlation > 0).
+    """
+    n_tokens = x_c_ND.shape[0]
+    gram_CC = atoms_CD @ atoms_CD.T
+    corr_NC = x_c_ND @ atoms_CD.T
+    indices = torch.empty(n_tokens, k, dtype=torch.long, device=x_c_ND.device)
+    active = torch.empty(n_tokens, k, dtype=torch.bool, device=x_c_ND.device)
+    rows_NC = torch.empty_like(corr_NC)
+    for t in range(k):
+        best, j = corr_NC.max(dim=1)
+        indices[:, t], active[:, t] = j, best > 0
+        coef = best.clamp_min(0).unsqueeze(1)
+        torch.index_select(gram_CC, 0, j, out=rows_NC)
+        corr_NC.sub_(rows_NC.mul_(coef))
+    return indices, active
+
+
+def pursue(
+    x_c_ND: Tensor, atoms_CD: Tensor, indices_NK: Tensor, active_NK: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Replay matching pursuit on the chosen atoms, differentiably.
+
+    Returns the coefficients (N, k) and the final residual (N, d).
+    """
+    chosen_NKD = F.embedding(indices_NK, atoms_CD)
+    residual = x_c_ND
+    coefs = []
+    mask = active_NK.to(x_c_ND.dtype)
+    for t in range(indices_NK.shape[1]):
+        atom = chosen_NKD[:, t]
+        coef = (atom * residual).sum(dim=1) * mask[:, t]
+        residual = residual - coef.unsqueeze(1) * atom
+        coefs.append(coef)
+    return torch.stack(coefs, dim=1), residual
+
+
+class MPSAE(SAE):
+    """Matching-pursuit SAE: ``k`` greedy steps over a unit-norm dictionary.
+
+    ``encode(x, k=...)`` and ``forward(x, k=...)`` take another number of steps at inference.
+    """
+
+    family = "mp"
+
+    def __init__(
+        self,
+        d_model: int,
+        n_concepts: int,
+        k: int = 32,
+        dictionary: Dictionary | None = None,
+    ) -> None:
+        if dictionary is not None and not (
+            isinstance(dictionary, FreeDictionary) and dictionary.unit_norm
+        ):
+            raise ValueError(
+                "MPSAE needs a unit-norm FreeDictionary: matching pursuit's guarantees "
+                "(monotone residual, orthogonal steps) hold only for unit-norm atoms"
+            )
+        super().__init__(d_model, n_concepts, dictionary)
+        if k <= 0:
+            raise ValueError(f"k (matching-pursuit steps) must be positive, got {k}")
+        self.k = int(k)
+
+    def _pursuit(self, x_c: Tensor, k: int | None) -> tuple[SparseCodes, Tensor]:
+        steps = self.k if k is None else int(k)
+        if steps <= 0:
+            raise ValueError(f"k (matching-pursuit steps) must be positive, got {steps}")
+        atoms = self.decoder.atoms()
+        indices, active = select_atoms(x_c.detach(), atoms.detach(), steps)
+        coefs, residual = pursue(x_c, atoms, indices, active)
+        return SparseCodes.from_fixed(coefs, indices, self.n_concepts), residual
+
+    def _encode(self, x_c: Tensor, k: int | None = None) -> SparseCodes:
+        return self._pursuit(x_c, k)[0]
+
+    def _forward(self, x_n: Tensor, *, dead_mask: Tensor | None, k: int | None = None) -> SAEOutput:
+        codes, residual = self._pursuit(x_n - self.b_pre, k)
+        x_hat = x_n - residual  # = b_pre + Σ_t coef_t · D_{j_t}
+        rec = mse(x_hat, x_n)
+        return SAEOutput(x_hat, rec, {"mse": rec.detach()}, sparse_codes=codes)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"k": self.k}
