@@ -98,12 +98,12 @@ class ArchetypalDictionary(Dictionary):
         A row of W with no positive entry is reset to a one-hot at its largest entry.
         """
         w = self.weights
-        dead_rows = (w <= 0).all(dim=1)
+        dead_rows = w.amax(dim=1) <= 0
         if dead_rows.any():
             best = w[dead_rows].argmax(dim=1)
             w[dead_rows] = F.one_hot(best, self.n_candidates).to(w.dtype)
         w.clamp_(min=0)
-        w.div_(w.sum(dim=1, keepdim=True))
+        w.mul_(w.sum(dim=1, keepdim=True).reciprocal_())
         if self.relaxation is not None:
             lam = self.relaxation
             norms = lam.norm(dim=1, keepdim=True)

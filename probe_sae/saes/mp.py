@@ -58,13 +58,14 @@ def pursue(
 
     Returns the coefficients (N, k) and the final residual (N, d).
     """
-    chosen_NKD = F.embedding(indices_NK, atoms_CD)
+    # (k, N, d), unbound per step: the backward stacks the k step gradients once, instead of
+    # materialising a zero (N, k, d) gradient for every step as slicing would.
+    chosen_KND = F.embedding(indices_NK.T, atoms_CD)
+    mask_KN = active_NK.T.to(x_c_ND.dtype)
     residual = x_c_ND
     coefs = []
-    mask = active_NK.to(x_c_ND.dtype)
-    for t in range(indices_NK.shape[1]):
-        atom = chosen_NKD[:, t]
-        coef = (atom * residual).sum(dim=1) * mask[:, t]
+    for atom, mask in zip(chosen_KND.unbind(0), mask_KN.unbind(0), strict=True):
+        coef = (atom * residual).sum(dim=1) * mask
         residual = residual - coef.unsqueeze(1) * atom
         coefs.append(coef)
     return torch.stack(coefs, dim=1), residual

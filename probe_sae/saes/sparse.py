@@ -111,13 +111,18 @@ class _SelectedLinear(torch.autograd.Function):
                 indices_E, weight_CD, offsets_N, mode="sum", per_sample_weights=grad_E
             )
         if ctx.needs_input_grad[1]:
-            g = torch.sparse_coo_tensor(
-                torch.stack([indices_E, tokens_E]),
-                grad_E,
-                (weight_CD.shape[0], x_ND.shape[0]),
-                check_invariants=False,
+            # grad_W[c] = Σ_{entries e of concept c} grad[e] · x[token(e)]: an embedding bag
+            # over the tokens, with entries grouped by concept.
+            n_concepts = weight_CD.shape[0]
+            order = torch.argsort(indices_E)
+            counts = torch.bincount(indices_E, minlength=n_concepts)
+            grad_w = F.embedding_bag(
+                tokens_E[order],
+                x_ND,
+                torch.cumsum(counts, 0) - counts,
+                mode="sum",
+                per_sample_weights=grad_E[order],
             )
-            grad_w = torch.sparse.mm(g, x_ND)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_E.new_zeros(weight_CD.shape[0]).index_add_(0, indices_E, grad_E)
         return grad_x, grad_w, grad_b, None, None, None, None
