@@ -1,0 +1,64 @@
+"""Which latents fire: dead-latent tracking over a token window and firing frequencies."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class FiringTracker:
+    """Tokens since each latent last fired, and firing counts since the last reset.
+
+    A latent is *dead* once it has not fired for ``window`` tokens (Gao et al. 2024 use 10M);
+    before that many tokens have been seen, none is dead. Its firing *frequency* over an
+    interval is the fraction of the interval's tokens on which it was active; *dense* latents
+    fire on more than ``dense_threshold`` of them.
+    """
+
+    def __init__(self, n_concepts: int, window: int, dense_threshold: float = 1e-2) -> None:
+        self.window, self.dense_threshold = int(window), float(dense_threshold)
+        self.tokens_since_fired = torch.zeros(n_concepts, dtype=torch.long)
+        self.fire_counts = torch.zeros(n_concepts, dtype=torch.long)
+        self.interval_tokens = 0
+
+    @torch.no_grad()
+    def update(self, active_NC_or_indices: Tensor, n_tokens: int) -> None:
+        """Record a batch: a dense (N, C) activity mask, or the (E,) indices of active entries."""
+        if active_NC_or_indices.ndim == 2:
+            counts = active_NC_or_indices.sum(dim=0).to("cpu", torch.long)
+        else:
+            counts = torch.bincount(
+                active_NC_or_indices.to("cpu"), minlength=self.tokens_since_fired.numel()
+            )
+        fired = counts > 0
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+        self.fire_counts += counts
+        self.interval_tokens += n_tokens
+
+    def dead_mask(self) -> Tensor:
+        """(C,) bool: latents silent for at least ``window`` tokens."""
+        return self.tokens_since_fired >= self.window
+
+    def interval_summary(self) -> dict[str, float]:
+        """Dead and dense fractions; resets the interval's firing counts."""
+        freq = self.fire_counts.double() / max(self.interval_tokens, 1)
+        out = {
+            "dead_fraction": float(self.dead_mask().double().mean()),
+            "dense_fraction": float((freq > self.dense_threshold).double().mean()),
+        }
+        self.fire_counts.zero_()
+        self.interval_tokens = 0
+        return out
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "tokens_since_fired": self.tokens_since_fired.clone(),
+            "fire_counts": self.fire_counts.clone(),
+            "interval_tokens": torch.tensor(self.interval_tokens),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.tokens_since_fired = state["tokens_since_fired"].clone()
+        self.fire_counts = state["fire_counts"].clone()
+        self.interval_tokens = int(state["interval_tokens"])

@@ -1,0 +1,404 @@
+"""Online SAE training from a token source: one or several SAEs per batch.
+
+Each step, for every SAE: forward, backward, ``prepare_gradients`` (unit-norm atoms),
+gradient clipping, AdamW, ``apply_constraints`` (feasible dictionary right after the step).
+Before the first step the run estimates, on its first tokens, the normalisation statistics,
+``b_pre`` (geometric median) and, for archetypal SAEs, the candidates (k-means), then rewinds
+the source so those tokens are trained on too. Metrics are logged every ``log_every`` steps;
+checkpoints are written atomically every ``checkpoint_every`` steps and on Ctrl-C, and
+``resume=`` continues exactly where a checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probe_sae.data.tokens import TokenSource
+from probe_sae.metrics.reconstruction import ReconstructionStats
+from probe_sae.saes import SAE, build_sae, kmeans, load_sae
+from probe_sae.saes.factory import ARCHETYPAL
+from probe_sae.train import checkpoint as ckpt
+from probe_sae.train.dead import FiringTracker
+from probe_sae.train.init import geometric_median, normalization_stats
+from probe_sae.train.schedule import warmup_cosine
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (shared by all its SAEs).
+
+    ``max_steps`` or ``max_tokens`` bounds the run (else: until the source is exhausted, which
+    then needs ``max_steps`` for the learning-rate schedule). ``dead_window`` is in tokens.
+    """
+
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.05
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    normalization: str = "standardize"
+    init_tokens: int = 16384
+    dead_window: int = 10_000_000
+    dense_threshold: float = 1e-2
+    log_every: int = 50
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | None = None
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class SAESpec:
+    """An SAE to build once the run has seen its first tokens (its width and, for archetypal
+    families, its candidates come from the data).
+
+    ``n_concepts`` defaults to ``expansion × d``; ``n_candidates`` (archetypal) to
+    ``max(n_concepts, min(4 × n_concepts, init tokens))``.
+    """
+
+    family: str
+    n_concepts: int | None = None
+    expansion: int = 8
+    n_candidates: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, d_model: int, first_tokens_n: Tensor) -> SAE:
+        n_concepts = self.n_concepts or self.expansion * d_model
+        extra = dict(self.options)
+        if self.family.lower() in ARCHETYPAL:
+            n_cand = self.n_candidates or max(
+                n_concepts, min(4 * n_concepts, first_tokens_n.shape[0])
+            )
+            if first_tokens_n.shape[0] < n_cand:
+                raise ValueError(
+                    f"{self.family} needs {n_cand} candidates but the run's first sample has only "
+                    f"{first_tokens_n.shape[0]} tokens: raise TrainConfig.init_tokens"
+                )
+            extra["candidates"] = kmeans(first_tokens_n, n_cand, seed=self.seed)
+        return build_sae(self.family, d_model, n_concepts, seed=self.seed, **extra)
+
+
+@dataclass
+class SAETarget:
+    """One SAE trained on one layer of the source, saved under ``name``."""
+
+    name: str
+    layer: str
+    sae: SAE | SAESpec
+
+
+@dataclass
+class TrainResult:
+    saes: dict[str, SAE]
+    metrics: list[dict[str, Any]]
+    steps: int
+    tokens: int
+    nonfinite_tokens: dict[str, int]
+    checkpoint: Path | None
+
+
+class _Run:
+    """The training state of one SAE."""
+
+    def __init__(self, target: SAETarget, sae: SAE, config: TrainConfig) -> None:
+        self.name, self.layer, self.sae = target.name, target.layer, sae
+        self.optimizer = torch.optim.AdamW(
+            sae.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+            fused=_fused_supported(sae),
+        )
+        self.tracker = FiringTracker(sae.n_concepts, config.dead_window, config.dense_threshold)
+        self.uses_dead_mask = hasattr(sae, "aux_coeff") and getattr(sae, "aux_coeff", 0) > 0
+        self._reset_interval()
+
+    def _reset_interval(self) -> None:
+        self.stats = ReconstructionStats()
+        self.l0_sum, self.loss_sum, self.n_steps = 0.0, 0.0, 0
+        self.term_sums: dict[str, float] = {}
+
+    def step(self, x: Tensor, lr: float, grad_clip: float | None) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        dead = self.tracker.dead_mask() if self.uses_dead_mask else None
+        out = self.sae(x, dead_mask=dead)
+        out.loss.backward()
+        self.sae.prepare_gradients()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), grad_clip)
+        self.optimizer.step()
+        self.sae.apply_constraints()
+        with torch.no_grad():
+            if out.sparse_codes is not None:
+                codes = out.sparse_codes
+                active = codes.indices[codes.values != 0]
+                l0 = float(codes.l0().double().sum())
+            else:
+                active = out.dense_codes != 0
+                l0 = float(active.double().sum())
+            self.tracker.update(active, x.shape[0])
+            self.stats.update(x, out.x_hat)
+        self.l0_sum += l0
+        self.loss_sum += float(out.loss.detach())
+        self.n_steps += 1
+        for key, value in out.terms.items():
+            self.term_sums[key] = self.term_sums.get(key, 0.0) + float(value)
+
+    def summary(self) -> dict[str, float]:
+        row = {
+            "fvu": self.stats.fvu,
+            "l0": self.l0_sum / max(self.stats.n_tokens, 1),
+            "loss": self.loss_sum / max(self.n_steps, 1),
+            **{k: v / max(self.n_steps, 1) for k, v in self.term_sums.items()},
+            **self.tracker.interval_summary(),
+        }
+        self._reset_interval()
+        return row
+
+
+def _fused_supported(sae: SAE) -> bool:
+    p = next(sae.parameters())
+    return p.device.type in ("cpu", "cuda") and p.dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+    )
+
+
+class Trainer:
+    """Trains several SAEs from one token source.
+
+    Example::
+
+        source = TensorTokenSource(acts, batch_size=1024)
+        result = Trainer([SAETarget("topk", "tokens", SAESpec("topk", k=32))], source,
+                         TrainConfig(max_steps=1000)).run()
+    """
+
+    def __init__(
+        self, targets: list[SAETarget], source: TokenSource, config: TrainConfig | None = None
+    ) -> None:
+        if not targets:
+            raise ValueError("give at least one SAETarget")
+        self.targets, self.source, self.config = targets, source, config or TrainConfig()
+        names = [ckpt.check_run_name(t.name) for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"SAE run names must be unique, got {names}")
+        self._validate()
+        self.runs: list[_Run] = []
+        self.step = self.tokens = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.nonfinite = {t.layer: 0 for t in targets}
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _validate(self) -> None:
+        widths = self.source.widths()
+        for t in self.targets:
+            if t.layer not in widths:
+                raise ValueError(
+                    f"SAE {t.name!r} wants layer {t.layer!r}, the source streams {sorted(widths)}"
+                )
+            if isinstance(t.sae, SAE) and t.sae.d_model != widths[t.layer]:
+                raise ValueError(
+                    f"width mismatch for SAE {t.name!r}: it takes d_model={t.sae.d_model} but layer "
+                    f"{t.layer!r} has width {widths[t.layer]}; build it with d_model={widths[t.layer]}"
+                )
+        cfg = self.config
+        if cfg.max_steps is None and cfg.max_tokens is None:
+            raise ValueError(
+                "set TrainConfig.max_steps or max_tokens (the schedule needs a length)"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        cfg = self.config
+        by_tokens = cfg.max_tokens // self.source.batch_size if cfg.max_tokens is not None else None
+        candidates = [s for s in (cfg.max_steps, by_tokens) if s is not None]
+        return max(min(candidates), 1)
+
+    def _first_tokens(self) -> dict[str, Tensor]:
+        """Finite tokens of the first ``init_tokens`` of each layer; rewinds the source."""
+        start = self.source.state_dict()
+        layers = {t.layer for t in self.targets}
+        chunks: dict[str, list[Tensor]] = {k: [] for k in layers}
+        have = 0
+        while have < self.config.init_tokens:
+            batch = self.source.next_batch()
+            if batch is None:
+                break
+            for k in layers:
+                x = batch[k]
+                chunks[k].append(x[torch.isfinite(x).all(dim=1)].float())
+            have += self.source.batch_size
+        self.source.load_state_dict(start)
+        if have == 0:
+            raise ValueError("the token source is empty")
+        return {k: torch.cat(v) for k, v in chunks.items()}
+
+    def _initialise(self) -> None:
+        first = self._first_tokens()
+        for t in self.targets:
+            x = first[t.layer]
+            mean, scale = normalization_stats(x, self.config.normalization)
+            x_n = (x - mean) / scale
+            sae = t.sae.build(x.shape[1], x_n) if isinstance(t.sae, SAESpec) else t.sae
+            sae.set_normalization(
+                mean.to(sae.b_pre), scale.to(sae.b_pre), self.config.normalization
+            )
+            with torch.no_grad():
+                sae.b_pre.copy_(geometric_median(x_n).to(sae.b_pre))
+            sae.train()
+            self.runs.append(_Run(t, sae, self.config))
+
+    def _restore(self, path: str | Path) -> None:
+        folder = ckpt.resolve_checkpoint(path)
+        state = ckpt.read_checkpoint(folder)
+        saved = {r["name"]: r["layer"] for r in state["targets"]}
+        wanted = {t.name: t.layer for t in self.targets}
+        if saved != wanted:
+            raise ValueError(
+                f"checkpoint {folder} trains {saved}, this run {wanted}: resume with the same targets"
+            )
+        for t in self.targets:
+            run_state = ckpt.read_run(folder, t.name)
+            loaded = load_sae(run_state["sae_dir"])
+            if isinstance(t.sae, SAE):
+                t.sae.load_state_dict(loaded.state_dict())
+                t.sae.normalization = loaded.normalization
+                sae = t.sae
+            else:
+                sae = loaded
+            sae.train()
+            run = _Run(t, sae, self.config)
+            ckpt.load_optimizer_state(
+                run.optimizer, run_state["optimizer_tensors"], run_state["optimizer_meta"]
+            )
+            run.tracker.load_state_dict(run_state["tracker"])
+            self.runs.append(run)
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.metrics = list(state["metrics"])
+        self.nonfinite = dict(state["nonfinite"])
+        self.source.load_state_dict(state["source"])
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current state into ``config.checkpoint_dir``."""
+        if self.config.checkpoint_dir is None:
+            raise ValueError("set TrainConfig.checkpoint_dir to write checkpoints")
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "config": asdict(self.config),
+            "source": self.source.state_dict(),
+            "targets": [{"name": r.name, "layer": r.layer} for r in self.runs],
+            "metrics": self.metrics,
+            "nonfinite": self.nonfinite,
+        }
+        runs = {
+            r.name: {"sae": r.sae, "optimizer": r.optimizer, "tracker": r.tracker}
+            for r in self.runs
+        }
+        self.last_checkpoint = ckpt.write_checkpoint(
+            Path(self.config.checkpoint_dir), self.step, state, runs, self.config.keep_checkpoints
+        )
+        return self.last_checkpoint
+
+    # -------------------------------------------------------------------- loop
+    def run(self, resume: str | Path | None = None) -> TrainResult:
+        """Train until ``total_steps`` (or the source ends); returns the SAEs and the metrics log."""
+        if resume is not None:
+            self._restore(resume)
+        else:
+            self._initialise()
+        cfg, total = self.config, self.total_steps
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="training SAEs",
+            unit="step",
+            disable=not cfg.progress,
+        )
+        interval_start, interval_tokens = time.perf_counter(), 0
+        try:
+            while self.step < total:
+                batch = self.source.next_batch()
+                if batch is None:
+                    break
+                for run in self.runs:
+                    x = batch[run.layer]
+                    finite = torch.isfinite(x).all(dim=1)
+                    if not bool(finite.all()):
+                        self.nonfinite[run.layer] += int((~finite).sum())
+                        x = x[finite]
+                    if x.shape[0] == 0:
+                        continue
+                    lr = warmup_cosine(
+                        self.step, total, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.final_lr_fraction
+                    )
+                    run.step(x.to(run.sae.b_pre.dtype), lr, cfg.grad_clip)
+                n = next(iter(batch.values())).shape[0]
+                self.step += 1
+                self.tokens += n
+                interval_tokens += n
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    elapsed = time.perf_counter() - interval_start
+                    self._log(lr, interval_tokens / max(elapsed, 1e-9))
+                    bar.set_postfix(
+                        tok_s=f"{interval_tokens / max(elapsed, 1e-9):,.0f}",
+                        fvu=f"{self.metrics[-1]['fvu']:.3f}",
+                    )
+                    interval_start, interval_tokens = time.perf_counter(), 0
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            if cfg.checkpoint_dir is not None:
+                self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+        if cfg.checkpoint_dir is not None and (
+            self.last_checkpoint is None
+            or not self.last_checkpoint.name.endswith(f"{self.step:09d}")
+        ):
+            self.save_checkpoint()
+        for run in self.runs:
+            run.sae.eval()
+        return TrainResult(
+            {r.name: r.sae for r in self.runs},
+            self.metrics,
+            self.step,
+            self.tokens,
+            dict(self.nonfinite),
+            self.last_checkpoint,
+        )
+
+    def _log(self, lr: float, tokens_per_s: float) -> None:
+        for run in self.runs:
+            if run.n_steps == 0:
+                continue
+            row = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "name": run.name,
+                "layer": run.layer,
+                "lr": lr,
+            }
+            row.update(run.summary())
+            row["tokens_per_s"] = tokens_per_s
+            row["nonfinite_tokens"] = self.nonfinite[run.layer]
+            self.metrics.append(row)
