@@ -349,7 +349,11 @@ class Trainer:
                     lr = warmup_cosine(
                         self.step, total, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.final_lr_fraction
                     )
-                    run.step(x.to(run.sae.b_pre.dtype), lr, cfg.grad_clip)
+                    run.step(
+                        x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype),
+                        lr,
+                        cfg.grad_clip,
+                    )
                 n = next(iter(batch.values())).shape[0]
                 self.step += 1
                 self.tokens += n

@@ -1,0 +1,245 @@
+"""``ActivationStream``: images → model layer(s) → shuffled batches of tokens.
+
+Images are read in order from an :class:`~probe_sae.data.images.ImageSource`, run through the
+model with capture hooks (the forward stops after the deepest hooked layer), and the selected
+tokens of every hooked layer fill a *shuffle window* of ``buffer_tokens`` tokens. Each window
+is permuted with a generator seeded by (seed, epoch, window), so tokens of one image are spread
+over the whole window and never arrive together, and batches of ``batch_size`` tokens are
+served from it. Only one window is ever held in memory.
+
+Because a window is a pure function of where it starts (image, token within that image) and
+of the seed, the stream's position is a handful of integers: ``state_dict()`` /
+``load_state_dict()`` let a training run resume on exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probe_sae.data.images import image_source, to_batch
+
+_MIX = 1_000_003
+
+
+def _window_seed(seed: int, epoch: int, window: int) -> int:
+    return ((seed * _MIX + epoch) * _MIX + window) % (2**63 - 1)
+
+
+class ActivationStream:
+    """A resumable :class:`~probe_sae.data.tokens.TokenSource` over a live model.
+
+    Args:
+        model: a ``VisionModel`` (``load_model`` / ``wrap`` / the organism).
+        images: a folder path, a (N, C, H, W) tensor, a Dataset or an iterable of PIL images.
+        layers: one layer (name, ``"blocks.i"`` or block index) or several; batches are keyed
+            by the layer as given (an index ``i`` becomes ``"blocks.i"``).
+        tokens: ``"all" | "cls" | "patches" | "registers"`` or token indices.
+        batch_size: tokens per batch.
+        buffer_tokens: shuffle window size in tokens (rounded up to a multiple of batch_size).
+        image_batch_size: images per forward pass.
+        epochs: passes over the images (``None``: endless; needs a source of known length).
+        shuffle_images: visit images in a new seeded order each epoch.
+        provenance: add ``"image_index"`` (position in the image source) and ``"token_index"``
+            (position in the layer's token axis) to every batch.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        images: Any,
+        layers: str | int | Sequence[str | int],
+        tokens: Any = "all",
+        batch_size: int = 1024,
+        buffer_tokens: int = 65536,
+        image_batch_size: int = 32,
+        epochs: int | None = 1,
+        shuffle_images: bool = False,
+        seed: int = 0,
+        provenance: bool = False,
+    ) -> None:
+        from probe_sae.hooks import capture  # models sit to the left of data in the layout
+
+        self._capture = capture
+        self.model, self.source = model, image_source(images)
+        specs = [layers] if isinstance(layers, (str, int)) else list(layers)
+        if not specs:
+            raise ValueError("give at least one layer; model.layers() lists them")
+        self.layer_keys = [f"blocks.{s}" if isinstance(s, int) else s for s in specs]
+        self._widths = {
+            key: int(model.layer_info(spec).shape[-1])
+            for key, spec in zip(self.layer_keys, specs, strict=True)
+        }
+        self.layer_specs = dict(zip(self.layer_keys, specs, strict=True))
+        if batch_size <= 0 or image_batch_size <= 0:
+            raise ValueError("batch_size and image_batch_size must be positive")
+        self.tokens, self.batch_size, self.image_batch_size = (
+            tokens,
+            int(batch_size),
+            int(image_batch_size),
+        )
+        self.buffer_tokens = (
+            -(-max(int(buffer_tokens), self.batch_size) // self.batch_size) * self.batch_size
+        )
+        if (epochs is None or shuffle_images) and self.source.length is None:
+            raise ValueError(
+                "endless or image-shuffled streams need a source of known length (a list, Dataset, folder or tensor)"
+            )
+        self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, int(seed)
+        self.provenance = provenance
+        # position: the current window's start and the next batch within it
+        self.epoch = self.window = self.cursor = self.offset = self.batch_index = 0
+        self._pool: dict[str, Tensor] | None = None
+        self._next_start: tuple[int, int] = (0, 0)
+        self._last_window = False
+        self.images_read = self.skipped_images = 0
+
+    # ---------------------------------------------------------------- protocol
+    def widths(self) -> dict[str, int]:
+        return dict(self._widths)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "window": self.window,
+            "cursor": self.cursor,
+            "offset": self.offset,
+            "batch": self.batch_index,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"the checkpoint's stream used seed {state['seed']}, this one uses {self.seed}"
+            )
+        where = (
+            int(state["epoch"]),
+            int(state["window"]),
+            int(state["cursor"]),
+            int(state["offset"]),
+        )
+        if where != (self.epoch, self.window, self.cursor, self.offset):
+            self.epoch, self.window, self.cursor, self.offset = where
+            self._pool = None  # refilled (recomputed) on the next batch
+        self.batch_index = int(state["batch"])
+
+    def next_batch(self) -> dict[str, Tensor] | None:
+        while True:
+            if self._pool is None:
+                if self.epochs is not None and self.epoch >= self.epochs:
+                    return None
+                self._fill()
+            n_pool = next(iter(self._pool.values())).shape[0]
+            lo = self.batch_index * self.batch_size
+            if lo + self.batch_size <= n_pool:
+                self.batch_index += 1
+                return {k: v[lo : lo + self.batch_size] for k, v in self._pool.items()}
+            self._advance()
+
+    def tokens_per_image(self) -> int:
+        """Tokens selected per image (measured on the first readable image)."""
+        if not hasattr(self, "_tokens_per_image"):
+            for start in range(0, self.source.length or 10**9):
+                images = self.source.read(start, 1)
+                if not images:
+                    break
+                if images[0] is not None:
+                    pixels = to_batch(images, self.model.preprocess)
+                    captured = self._capture(
+                        self.model, pixels, [next(iter(self.layer_specs.values()))], self.tokens
+                    )
+                    self._tokens_per_image = next(iter(captured.values())).tokens_per_image
+                    break
+            else:
+                raise ValueError("no readable image in the source")
+        return self._tokens_per_image
+
+    # ------------------------------------------------------------------ windows
+    def _image_order(self) -> Tensor | None:
+        if not self.shuffle_images:
+            return None
+        gen = torch.Generator().manual_seed(_window_seed(self.seed, self.epoch, -1))
+        return torch.randperm(len(self.source), generator=gen)
+
+    def _read(self, order: Tensor | None, start: int, count: int) -> list[Any]:
+        if order is None:
+            return self.source.read(start, count)
+        idx = order[start : start + count].tolist()
+        return [self.source.read(i, 1)[0] for i in idx]
+
+    def _fill(self) -> None:
+        """Capture tokens from (cursor, offset) until the window is full or the images end."""
+        order = self._image_order()
+        keys = (
+            [*self.layer_keys, "image_index", "token_index"] if self.provenance else self.layer_keys
+        )
+        chunks: dict[str, list[Tensor]] = {k: [] for k in keys}
+        have, position, offset = 0, self.cursor, self.offset
+        self._last_window = False
+        while have < self.buffer_tokens:
+            images = self._read(order, position, self.image_batch_size)
+            if not images:
+                self._last_window = True
+                break
+            readable = [(i, im) for i, im in enumerate(images) if im is not None]
+            self.skipped_images += len(images) - len(readable)
+            self.images_read += len(readable)
+            if not readable:
+                position += len(images)
+                continue
+            pixels = to_batch([im for _, im in readable], self.model.preprocess)
+            captured = self._capture(
+                self.model, pixels, list(self.layer_specs.values()), self.tokens
+            )
+            per_image = {k: captured[self._capture_key(k)].per_image() for k in self.layer_keys}
+            first = captured[self._capture_key(self.layer_keys[0])]
+            t_img = first.tokens_per_image
+            for row, (i, _) in enumerate(readable):
+                take_from = offset if i == 0 else 0
+                need = self.buffer_tokens - have
+                take = min(t_img - take_from, need)
+                for k in self.layer_keys:
+                    chunks[k].append(per_image[k][row, take_from : take_from + take])
+                if self.provenance:
+                    image_id = position + i if order is None else int(order[position + i])
+                    chunks["image_index"].append(torch.full((take,), image_id, dtype=torch.long))
+                    chunks["token_index"].append(
+                        first.token_index[:t_img][take_from : take_from + take]
+                    )
+                have += take
+                if have >= self.buffer_tokens:
+                    done = take_from + take
+                    self._next_start = (
+                        (position + i, done) if done < t_img else (position + i + 1, 0)
+                    )
+                    break
+            else:
+                position, offset = position + len(images), 0
+                continue
+            break
+        if self._last_window:
+            self._next_start = (position, 0)
+        gen = torch.Generator().manual_seed(_window_seed(self.seed, self.epoch, self.window))
+        pool = {
+            k: torch.cat(v) if v else torch.empty(0, self._widths.get(k, 0))
+            for k, v in chunks.items()
+        }
+        perm = torch.randperm(have, generator=gen)
+        self._pool = {k: v[perm.to(v.device)] for k, v in pool.items()}
+
+    def _capture_key(self, key: str) -> str:
+        spec = self.layer_specs[key]
+        return f"blocks.{spec}" if isinstance(spec, int) else spec
+
+    def _advance(self) -> None:
+        """Move to the next window (or the next epoch after the last one)."""
+        if self._last_window:
+            self.epoch, self.window, self.cursor, self.offset = self.epoch + 1, 0, 0, 0
+        else:
+            self.window += 1
+            self.cursor, self.offset = self._next_start
+        self.batch_index, self._pool = 0, None

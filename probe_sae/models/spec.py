@@ -1,0 +1,99 @@
+"""Model specs (``"open_clip:ViT-B-32/laion2b_s34b_b79k"``, ``"hf:<dir>"``, ``"timm:<name>"``) and
+`load_model`, which dispatches them to the family loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .base import VisionModel
+
+#: ``loader(rest_of_spec, device, **kwargs)`` for a family added with `register_loader`.
+Loader = Callable[..., VisionModel]
+_EXTRA_LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(family: str, loader: Loader) -> None:
+    """Let ``load_model("<family>")`` / ``load_model("<family>:<rest>")`` build models with
+    ``loader(rest, device, **kwargs)`` (``rest`` is ``""`` for the bare family name)."""
+    if family in ("open_clip", "hf", "timm") or not family.isidentifier():
+        raise ValueError(f"Cannot register a loader under {family!r}; pick a new identifier.")
+    _EXTRA_LOADERS[family] = loader
+
+Family = Literal["open_clip", "hf", "timm"]
+EXAMPLES = (
+    "'open_clip:ViT-B-32' (random weights), 'open_clip:ViT-B-32/laion2b_s34b_b79k' (pretrained "
+    "tag), 'open_clip:ViT-B-32@/path/ckpt.pt' (local checkpoint), 'open_clip:ViT-B-16-SigLIP', "
+    "'hf:facebook/dinov2-base' or 'hf:/path/to/save_pretrained_dir', 'timm:vit_small_patch16_224' "
+    "or 'timm:vit_small_patch16_224@/path/ckpt.pth'"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec: ``family:name[/tag][@path]`` (``hf`` takes a repo id or directory)."""
+
+    family: Family
+    name: str
+    tag: str | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        tag = f"/{self.tag}" if self.tag else ""
+        path = f"@{self.path}" if self.path else ""
+        return f"{self.family}:{self.name}{tag}{path}"
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Split a model spec into family, name, pretrained tag and checkpoint path."""
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"load_model() takes a spec string such as {EXAMPLES}; for an nn.Module use "
+            f"probe_sae.wrap(module)."
+        )
+    family, sep, rest = spec.partition(":")
+    if not sep or family not in ("open_clip", "hf", "timm") or not rest:
+        raise ValueError(f"Cannot read model spec {spec!r}; write family:name, e.g. {EXAMPLES}.")
+    if family == "hf":
+        return ModelSpec("hf", rest)
+    name, _, path = rest.partition("@")
+    path = path or None
+    tag = None
+    if family == "open_clip" and not name.startswith(("hf-hub:", "local-dir:")) and "/" in name:
+        name, tag = name.split("/", 1)
+    if path and tag:
+        raise ValueError(
+            f"Model spec {spec!r} names both a pretrained tag and a checkpoint path; keep one."
+        )
+    if not name:
+        raise ValueError(f"Model spec {spec!r} has no model name; e.g. {EXAMPLES}.")
+    return ModelSpec(family, name, tag, path)  # type: ignore[arg-type]
+
+
+def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> VisionModel:
+    """Load a vision model by spec and make it hookable (see `VisionModel`).
+
+    Specs: ``open_clip:<name>[/<tag>|@<checkpoint>]``, ``hf:<repo id or directory>``,
+    ``timm:<name>[@<checkpoint>]``. Extra keyword arguments go to the family's factory
+    (``open_clip.create_model_and_transforms``, ``<Model>.from_pretrained``,
+    ``timm.create_model``), e.g. ``force_image_size=``, ``torch_dtype=``, ``pretrained=True``.
+    The model is put in eval mode on ``device``.
+    """
+    if isinstance(spec, str) and spec.partition(":")[0] in _EXTRA_LOADERS:
+        family, _, rest = spec.partition(":")
+        return _EXTRA_LOADERS[family](rest, device, **kwargs)
+    parsed = parse_spec(spec)
+    if parsed.family == "open_clip":
+        from .open_clip import load_open_clip
+
+        return load_open_clip(parsed.name, parsed.tag, parsed.path, device, **kwargs)
+    if parsed.family == "hf":
+        from .hf import load_hf
+
+        return load_hf(parsed.name, device, **kwargs)
+    from .timm import load_timm
+
+    return load_timm(parsed.name, parsed.path, device, **kwargs)
