@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
+from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
 from probe_sae.saes import (
     MPSAE,
     SAE,
@@ -19,22 +20,33 @@ from probe_sae.saes import (
     kmeans,
     load_sae,
 )
+from probe_sae.train import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult, train_sae
 
 __all__ = [
     "MPSAE",
     "SAE",
+    "ActivationStream",
     "ArchetypalDictionary",
     "BatchTopKSAE",
+    "CachedTokens",
     "FreeDictionary",
     "JumpReLUSAE",
     "ReLUSAE",
     "SAEFormatError",
     "SAEOutput",
+    "SAESpec",
+    "SAETarget",
     "SparseCodes",
+    "TensorTokenSource",
     "TopKSAE",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
     "__version__",
     "available_families",
     "build_sae",
     "kmeans",
     "load_sae",
+    "train_sae",
+    "write_cache",
 ]

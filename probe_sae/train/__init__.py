@@ -1,5 +1,6 @@
 """Online SAE training: schedules, initialisation, dead latents, checkpoints, the loop."""
 
+from probe_sae.train.api import train_sae
 from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.schedule import warmup_cosine
 from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult
@@ -12,5 +13,6 @@ __all__ = [
     "Trainer",
     "geometric_median",
     "normalization_stats",
+    "train_sae",
     "warmup_cosine",
 ]
