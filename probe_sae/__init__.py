@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
+from probe_sae.models import VisionModel, load_model, wrap
 from probe_sae.saes import (
     MPSAE,
     SAE,
@@ -42,11 +43,14 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "VisionModel",
     "__version__",
     "available_families",
     "build_sae",
     "kmeans",
+    "load_model",
     "load_sae",
     "train_sae",
+    "wrap",
     "write_cache",
 ]
