@@ -1,5 +1,30 @@
 """Metrics reported exactly as the field defines them (see the design notes)."""
 
+from probe_sae.metrics.dictionary import (
+    babel,
+    coherence,
+    effective_rank,
+    max_cosine,
+    mean_pairwise_stability,
+    ood_score,
+    plausibility,
+    soft_identifiability,
+    stability,
+    stable_rank,
+)
 from probe_sae.metrics.reconstruction import ReconstructionStats, fvu
 
-__all__ = ["ReconstructionStats", "fvu"]
+__all__ = [
+    "ReconstructionStats",
+    "babel",
+    "coherence",
+    "effective_rank",
+    "fvu",
+    "max_cosine",
+    "mean_pairwise_stability",
+    "ood_score",
+    "plausibility",
+    "soft_identifiability",
+    "stability",
+    "stable_rank",
+]
