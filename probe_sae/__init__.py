@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0.dev0"
 
+from probe_sae import hooks
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
-from probe_sae.models import VisionModel, load_model, wrap
+from probe_sae.models import LayerInfo, TokenLayout, VisionModel, load_model, register_loader, wrap
 from probe_sae.saes import (
     MPSAE,
     SAE,
@@ -32,6 +33,7 @@ __all__ = [
     "CachedTokens",
     "FreeDictionary",
     "JumpReLUSAE",
+    "LayerInfo",
     "ReLUSAE",
     "SAEFormatError",
     "SAEOutput",
@@ -39,6 +41,7 @@ __all__ = [
     "SAETarget",
     "SparseCodes",
     "TensorTokenSource",
+    "TokenLayout",
     "TopKSAE",
     "TrainConfig",
     "TrainResult",
@@ -47,9 +50,11 @@ __all__ = [
     "__version__",
     "available_families",
     "build_sae",
+    "hooks",
     "kmeans",
     "load_model",
     "load_sae",
+    "register_loader",
     "train_sae",
     "wrap",
     "write_cache",

@@ -59,18 +59,19 @@ def check_blocks_listed(model: VisionModel, n_blocks: int, width: int) -> None:
 
 def check_capture_matches_hooks(model: VisionModel, pixels: Tensor) -> None:
     last = len(model.blocks) - 1
-    for index in (0, last):
-        name = model.blocks[index]
-        for where in ("output", "input"):
-            reference = plain_hook_value(model, name, pixels, where)
-            got = hooks.capture(model, pixels, index, where=where)[f"blocks.{index}"]
-            assert got.layer == name
-            assert got.per_image().shape == reference.shape
-            assert torch.equal(got.per_image(), reference), f"{name} {where} differs from a plain hook"
+    first_name, last_name = model.blocks[0], model.blocks[last]
+    references = {}
+    for index, name, where in ((0, first_name, "output"), (0, first_name, "input"), (last, last_name, "output")):
+        reference = plain_hook_value(model, name, pixels, where)
+        got = hooks.capture(model, pixels, index, where=where)[f"blocks.{index}"]
+        assert got.layer == name
+        assert got.per_image().shape == reference.shape
+        assert torch.equal(got.per_image(), reference), f"{name} {where} differs from a plain hook"
+        references[(name, where)] = reference
     # several layers in one pass, requested out of execution order
-    both = hooks.capture(model, pixels, [model.blocks[last], model.blocks[0]])
-    assert torch.equal(both[model.blocks[0]].per_image(), plain_hook_value(model, model.blocks[0], pixels))
-    assert torch.equal(both[model.blocks[last]].per_image(), plain_hook_value(model, model.blocks[last], pixels))
+    both = hooks.capture(model, pixels, [last_name, first_name])
+    assert torch.equal(both[first_name].per_image(), references[(first_name, "output")])
+    assert torch.equal(both[last_name].per_image(), references[(last_name, "output")])
 
 
 def check_selections(

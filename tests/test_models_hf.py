@@ -113,6 +113,7 @@ def test_dinov2_takes_other_sizes_and_clip_does_not(saved):
     assert got.token_index.tolist() == list(range(5, 5 + 6 * 5))
     full = hooks.capture(model, big, 1)["blocks.1"].per_image()
     assert torch.equal(got.per_image(), full[:, 5:])
+    checks.check_positions_against_the_image(model, big)
     with pytest.raises(ValueError, match="multiples of its patch size 8×8"):
         model(torch.randn(1, 3, 44, 40))
     with pytest.raises(ValueError, match=r"3×32×32; got 3×48×40"):
