@@ -12,13 +12,16 @@ from probe_sae.metrics.dictionary import (
     stability,
     stable_rank,
 )
+from probe_sae.metrics.evaluate import EvalReport, evaluate
 from probe_sae.metrics.reconstruction import ReconstructionStats, fvu
 
 __all__ = [
+    "EvalReport",
     "ReconstructionStats",
     "babel",
     "coherence",
     "effective_rank",
+    "evaluate",
     "fvu",
     "max_cosine",
     "mean_pairwise_stability",
