@@ -17,6 +17,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from probe_sae.bench import run_benchmark
+
+    print(run_benchmark(args.name, quick=args.quick, seed=args.seed))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from probe_sae import __version__
 
@@ -41,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.set_defaults(func=_cmd_demo)
+
+    from probe_sae.bench import BENCHMARKS
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark of the seed papers offline and print a table",
+        description="Run one of the A-SAE / MP-SAE papers' benchmarks offline, with the published figures beside ours.",
+        epilog="Example: probe-sae bench mp-k --quick",
+    )
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
+    bench.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
