@@ -10,7 +10,7 @@ The weights in ``probe_sae/models/organism_weights/`` (fp16 safetensors + ``conf
 the architecture, training recipe and held-out scores) were produced by the project's own
 training script, ``python -m probe_sae.models.organism_train --out probe_sae/models/organism_weights``.
 If that folder is missing (an install without package data), `load_organism` trains the
-organism once (about 3 minutes on 2 CPU cores) and caches it under `cache_dir()`.
+organism once (about 2.5 minutes on 2 CPU cores) and caches it under `cache_dir()`.
 
 Input: (B, 3, 64, 64) RGB in [0, 1] exactly as `synthetic.generate` makes them (no
 normalisation); PIL images are resized to 64 × 64. Output: (B, 16) logits in
@@ -61,8 +61,9 @@ class OrganismConfig:
     n_kinds: int = 16
 
 
-def build_vit(config: OrganismConfig = OrganismConfig()) -> nn.Module:
-    """A randomly initialised timm ViT with the organism's architecture."""
+def build_vit(config: OrganismConfig | None = None) -> nn.Module:
+    """A randomly initialised timm ViT with the organism's architecture (default: `OrganismConfig()`)."""
+    config = config or OrganismConfig()
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
@@ -199,7 +200,7 @@ def load_organism(
     """The organism as a `VisionModel` (``load_model("organism")``).
 
     Weights come from ``path`` if given, else from the package, else from ``cache_dir()/organism``;
-    if neither exists and ``train_if_missing``, the organism is trained once (about 3 minutes
+    if neither exists and ``train_if_missing``, the organism is trained once (about 2.5 minutes
     on 2 CPU cores, with a progress bar) and cached there.
     """
     folder = Path(path) if path is not None else _weights_folder(train_if_missing)

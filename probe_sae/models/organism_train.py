@@ -2,9 +2,12 @@
 
 Multi-label presence prediction with binary cross-entropy on a fresh stream of collages from
 `probe_sae.data.synthetic` (every training image is new), AdamW with linear warm-up and cosine
-decay. Scores are measured on the held-out stream of seed `EVAL_SEED`, which no training run
-uses: mean per-kind ROC AUC and F1 at probability 0.5, as in the multi-label evaluation of the
-A-SAE paper's synthetic collages (Fel et al. 2025, arXiv 2502.12892).
+decay; pixels are standardised during training and the standardisation is then folded into the
+patch embedding. Scores are measured on the held-out stream of seed `EVAL_SEED`, which no
+training run uses: mean per-kind ROC AUC, and F1 at probability 0.5.
+
+The default recipe (800 steps of 64 images) takes about 140 s on 2 CPU cores and reaches a
+held-out mean AUC of 0.999 (macro F1 0.978); see ``docs/benchmarks.md``.
 
 The shipped weights come from ``python -m probe_sae.models.organism_train --out
 probe_sae/models/organism_weights`` (the default recipe).
@@ -33,14 +36,17 @@ from .organism import OrganismConfig, build_vit, save_organism
 
 #: Seed of the held-out evaluation stream; training seeds must differ from it.
 EVAL_SEED = 1_000_003
+#: Training standardises pixels with these; `fold_input_normalisation` then moves them into
+#: the patch embedding, so the organism takes raw [0, 1] pixels.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe (the defaults produced the shipped weights)."""
 
-    steps: int = 400
-    batch_size: int = 128
+    steps: int = 800
+    batch_size: int = 64
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
     warmup_steps: int = 20
@@ -114,6 +120,15 @@ def evaluate(module: nn.Module, n_images: int = 2048, seed: int = EVAL_SEED, bat
     return score_logits(torch.cat(logits), torch.cat(labels))
 
 
+def fold_input_normalisation(module: nn.Module, mean: float = PIXEL_MEAN, std: float = PIXEL_STD) -> None:
+    """Make ``module(x)`` compute what it computed on ``(x - mean) / std`` (in place): the
+    patch embedding is linear, W((x - m)/s) + b = (W/s)x + b - (m/s)ΣW."""
+    conv = module.patch_embed.proj
+    with torch.no_grad():
+        conv.bias -= conv.weight.sum(dim=(1, 2, 3)) * (mean / std)
+        conv.weight /= std
+
+
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only (not on biases, norms, position embeddings or tokens)."""
     decay, plain = [], []
@@ -131,12 +146,14 @@ def _lr_factor(step: int, recipe: TrainConfig) -> float:
 
 
 def train_organism(
-    config: OrganismConfig = OrganismConfig(),
-    recipe: TrainConfig = TrainConfig(),
+    config: OrganismConfig | None = None,
+    recipe: TrainConfig | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train the organism from scratch; returns the ViT (eval mode) and a record of the run
-    (recipe, wall-clock seconds, images seen, final training loss)."""
+    (recipe, wall-clock seconds, images seen, final training loss). ``None`` means the
+    defaults, which produced the shipped weights."""
+    config, recipe = config or OrganismConfig(), recipe or TrainConfig()
     torch.manual_seed(recipe.seed)
     module = build_vit(config).train()
     opt = torch.optim.AdamW(_param_groups(module, recipe.weight_decay), lr=recipe.lr)
@@ -147,7 +164,8 @@ def train_organism(
     start = time.perf_counter()
     for _ in bar:
         batch = next(batches)
-        loss = F.binary_cross_entropy_with_logits(module(batch.images), batch.presence)
+        pixels = (batch.images - PIXEL_MEAN) / PIXEL_STD
+        loss = F.binary_cross_entropy_with_logits(module(pixels), batch.presence)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), recipe.grad_clip)
@@ -157,8 +175,10 @@ def train_organism(
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     seconds = time.perf_counter() - start
+    fold_input_normalisation(module)
     record = {
         "recipe": asdict(recipe),
+        "world": asdict(synthetic.DEFAULT_WORLD),
         "train_seconds": round(seconds, 1),
         "train_threads": torch.get_num_threads(),
         "images_seen": recipe.steps * recipe.batch_size,
@@ -170,8 +190,8 @@ def train_organism(
 
 def train_and_save(
     folder: str | Path,
-    config: OrganismConfig = OrganismConfig(),
-    recipe: TrainConfig = TrainConfig(),
+    config: OrganismConfig | None = None,
+    recipe: TrainConfig | None = None,
     eval_images: int = 4096,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -179,6 +199,7 @@ def train_and_save(
     ``folder``; returns what ``config.json`` records about the run."""
     from .organism import load_organism_module
 
+    config = config or OrganismConfig()
     module, record = train_organism(config, recipe, progress)
     save_organism(module, folder, config, record)
     scores = evaluate(load_organism_module(folder), n_images=eval_images)

@@ -97,3 +97,13 @@ def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> 
     from .timm import load_timm
 
     return load_timm(parsed.name, parsed.path, device, **kwargs)
+
+
+def _load_organism(rest: str, device: torch.device | str = "cpu", **kwargs: Any) -> VisionModel:
+    """``load_model("organism")`` (shipped weights) or ``"organism:<folder>"`` (other weights)."""
+    from .organism import load_organism
+
+    return load_organism(device, path=rest or None, **kwargs)
+
+
+register_loader("organism", _load_organism)

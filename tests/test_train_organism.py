@@ -1,0 +1,26 @@
+"""Online training on the model organism's synthetic images (issue 4's acceptance)."""
+
+import torch
+
+from probe_sae import ActivationStream, train_sae
+from probe_sae.data.synthetic import generate
+from probe_sae.metrics import evaluate
+from probe_sae.models.organism import load_organism
+
+
+def test_topk_rasae_and_mp_learn_online_on_the_organism():
+    model = load_organism()
+    images = generate(320, seed=3).images
+    result = train_sae(
+        model, "blocks.2", images, sae=["topk", "rasae", "mp"], n_concepts=512, k=16,
+        batch_size=256, buffer_tokens=4096, epochs=2, lr=3e-3, init_tokens=2048, log_every=10, progress=False,
+    )
+    assert result.steps == 2 * (320 * 69 // 256)
+    held_out = ActivationStream(model, generate(64, seed=99).images, "blocks.2", batch_size=256, buffer_tokens=4096)
+    for name, sae in result.saes.items():
+        rows = [r for r in result.metrics if r["name"] == name]
+        assert rows[-1]["fvu"] < 0.35 and rows[-1]["fvu"] < 0.5 * rows[0]["fvu"], rows[-1]
+        report = evaluate(sae, held_out)
+        held_out = ActivationStream(model, generate(64, seed=99).images, "blocks.2", batch_size=256, buffer_tokens=4096)
+        assert report.fvu < 0.4 and report.l0 <= 16 + 1e-9
+        assert torch.isfinite(sae.dictionary).all()
