@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0.dev0"
 
-from probe_sae import hooks
+from probe_sae import hooks, interventions
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
+from probe_sae.interventions import attribute, concept_maps, splice, steer, steering_sweep
 from probe_sae.models import LayerInfo, TokenLayout, VisionModel, load_model, register_loader, wrap
 from probe_sae.saes import (
     MPSAE,
@@ -48,13 +49,19 @@ __all__ = [
     "Trainer",
     "VisionModel",
     "__version__",
+    "attribute",
     "available_families",
     "build_sae",
+    "concept_maps",
     "hooks",
+    "interventions",
     "kmeans",
     "load_model",
     "load_sae",
     "register_loader",
+    "splice",
+    "steer",
+    "steering_sweep",
     "train_sae",
     "wrap",
     "write_cache",

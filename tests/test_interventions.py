@@ -42,7 +42,12 @@ def one_thread():
 def vit():
     torch.manual_seed(0)
     return load_model(
-        "timm:vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, depth=3, reg_tokens=2, num_classes=10
+        "timm:vit_tiny_patch16_224",
+        img_size=(32, 48),
+        patch_size=8,
+        depth=3,
+        reg_tokens=2,
+        num_classes=10,
     )
 
 
@@ -142,8 +147,14 @@ def test_gradients_flow_through_the_codes(vit, saes, pixels):
         out = vit(pixels)
         out.pow(2).sum().backward()
     torch.testing.assert_close(out.detach(), clean, atol=1e-5, rtol=0)
-    assert vit.module.blocks[0].mlp.fc1.weight.grad is None or vit.module.blocks[0].mlp.fc1.weight.grad.abs().sum() == 0
-    assert blind.decoder.weight.grad.abs().sum() > 0 and vit.module.blocks[2].mlp.fc1.weight.grad.abs().sum() > 0
+    assert (
+        vit.module.blocks[0].mlp.fc1.weight.grad is None
+        or vit.module.blocks[0].mlp.fc1.weight.grad.abs().sum() == 0
+    )
+    assert (
+        blind.decoder.weight.grad.abs().sum() > 0
+        and vit.module.blocks[2].mlp.fc1.weight.grad.abs().sum() > 0
+    )
     vit.module.zero_grad()
     sae.zero_grad()
     checks.assert_clean(vit)
@@ -185,7 +196,9 @@ def test_output_change_shrinks_as_fvu_falls(vit):
                 out = vit(test_pixels)
         return error, float((out - clean).norm() / clean.norm())
 
-    trained = [change(fit(build_sae("topk", D, 384, k=k, seed=0), train, steps=100)) for k in (2, 16, 128)]
+    trained = [
+        change(fit(build_sae("topk", D, 384, k=k, seed=0), train, steps=100)) for k in (2, 16, 128)
+    ]
     mp = fit(build_sae("mp", D, 384, k=8, seed=0), train, steps=60)
     pursued = [change(mp, k=k) for k in (1, 4, 16, 64)]
     for results in (trained, pursued):
@@ -195,6 +208,82 @@ def test_output_change_shrinks_as_fvu_falls(vit):
             f"output change does not shrink with FVU: {results}"
         )
     assert trained[-1][1] < 0.6 * trained[0][1] and pursued[-1][1] < 0.6 * pursued[0][1]
+
+
+def _hf(kind: str, folder) -> object:
+    import warnings
+
+    import transformers as T
+
+    small = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+    )
+    config_cls, model_cls, extra = {
+        "clip": (T.CLIPVisionConfig, T.CLIPVisionModel, {}),
+        "dinov2_reg": (
+            T.Dinov2WithRegistersConfig,
+            T.Dinov2WithRegistersModel,
+            {"num_register_tokens": 4},
+        ),
+        "siglip": (T.SiglipVisionConfig, T.SiglipVisionModel, {}),
+    }[kind]
+    torch.manual_seed(0)
+    model_cls(config_cls(**small, **extra)).eval().save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(f"hf:{folder}")
+
+
+def _toy():
+    from toy_models import ToyViT
+
+    from probe_sae.models import TokenLayout, wrap
+
+    torch.manual_seed(0)
+    layout = TokenLayout(
+        n_prefix=3, grid=(2, 2), cls_index=0, register_indices=(1, 2), patch_size=(4, 4)
+    )
+    return wrap(ToyViT(depth=3), token_layout=layout, name="toy")  # (T, B, D) tuple-output blocks
+
+
+@pytest.mark.parametrize(
+    "family", ["open_clip", "hf_clip", "hf_dinov2_reg", "hf_siglip", "wrap_seq_first", "organism"]
+)
+def test_splice_and_steer_on_every_model_family(family, tmp_path):
+    """Error-term splice is exact, plain splice and steering change the output, nothing stays
+    attached — on every loader (and sequence-first, tuple-output blocks via wrap)."""
+    if family == "open_clip":
+        model = load_model("open_clip:ViT-B-32", force_image_size=64)
+    elif family.startswith("hf_"):
+        model = _hf(family[3:], tmp_path)
+    elif family == "wrap_seq_first":
+        model = _toy()
+    else:
+        from probe_sae.models import organism
+
+        model = organism.load_organism(train_if_missing=False)
+    h, w = model.input_size
+    images = torch.rand(8, 3, h, w, generator=torch.Generator().manual_seed(0))
+    layer = model.blocks[0]
+    acts = hooks.capture(model, images, layer)[layer].acts
+    sae = make_sae("topk", acts, n_concepts=64, k=4, steps=10)
+    with torch.no_grad():
+        clean = model(images[:2])
+        with splice(model, layer, sae, error_term=True):
+            kept = model(images[:2])
+        with splice(model, layer, sae):
+            spliced = model(images[:2])
+        steered = steer(model, layer, sae, {int(sae.encode(acts).count_nonzero(0).argmax()): 5.0})(
+            images[:2]
+        )
+    torch.testing.assert_close(kept, clean, atol=1e-5, rtol=0)
+    assert (spliced - clean).abs().max() > 1e-4 and (steered - clean).abs().max() > 1e-4
+    checks.assert_clean(model)
 
 
 # -------------------------------------------------------------------------------------- steer
@@ -240,7 +329,9 @@ def test_add_moves_along_the_decoded_atom(vit, saes, pixels):
     direction = sae.dictionary[7].detach() * sae.input_scale
     with torch.no_grad(), steer(vit, LAYER, sae, {7: 2.5}):
         steered = layer_value(vit, pixels)
-    torch.testing.assert_close(steered, layer_value(vit, pixels) + 2.5 * direction, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        steered, layer_value(vit, pixels) + 2.5 * direction, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_steer_on_chosen_tokens_and_spatial_masks(vit, saes, pixels):
@@ -273,7 +364,9 @@ def test_steer_on_chosen_tokens_and_spatial_masks(vit, saes, pixels):
     expected = torch.zeros(4, 27, dtype=torch.bool)
     expected[0, 3], expected[2, 3 + 18 + 1] = True, True
     assert torch.equal(moved(per_image), expected)
-    torch.testing.assert_close(per_image[2, 22], clean[2, 22] + 2.0 * direction, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        per_image[2, 22], clean[2, 22] + 2.0 * direction, atol=1e-5, rtol=1e-5
+    )
     # pixel masks pool to the grid: a 16×16 square at (8, 16) covers patches (1..2, 2..3)
     pixel = torch.zeros(1, 32, 48)
     pixel[0, 8:24, 16:32] = 1
@@ -331,7 +424,10 @@ def test_hooks_are_removed_after_every_context_also_on_errors(vit, saes, pixels,
     # an inner failure leaves the outer context in place; then everything is removed
     with steer(vit, LAYER, sae, {1: 2.0}):
         outer = vit(pixels)
-        with pytest.raises(ValueError, match="returned"), splice(vit, LAYER, sae, edit=lambda c: c[:, :1]):
+        with (
+            pytest.raises(ValueError, match="returned"),
+            splice(vit, LAYER, sae, edit=lambda c: c[:, :1]),
+        ):
             vit(pixels)
         torch.testing.assert_close(vit(pixels), outer)
         assert len(hooks.active(vit)) == 1
@@ -356,8 +452,13 @@ def test_errors_name_the_fix(vit, saes, acts):
     with pytest.raises(ValueError, match=r"4×6 patch grid.*pixel_mask_to_grid"):
         steer(vit, LAYER, sae, {1: 1.0}, tokens=torch.ones(6, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="2 images but the batch has 4"):
-        steer(vit, LAYER, sae, {1: 1.0}, tokens=torch.ones(2, 4, 6, dtype=torch.bool))(_images(4, 0))
-    with pytest.raises(TypeError, match="needs a probe_sae SAE"), splice(vit, LAYER, torch.nn.Linear(192, 192)):
+        steer(vit, LAYER, sae, {1: 1.0}, tokens=torch.ones(2, 4, 6, dtype=torch.bool))(
+            _images(4, 0)
+        )
+    with (
+        pytest.raises(TypeError, match="needs a probe_sae SAE"),
+        splice(vit, LAYER, torch.nn.Linear(192, 192)),
+    ):
         pass
     checks.assert_clean(vit)
 
@@ -384,7 +485,9 @@ def test_concept_maps_follow_the_image(vit, acts):
     images = _images(2, 6)
     edited = images.clone()
     edited[:, :, 16:24, 40:48] += 2.0
-    changed = (concept_maps(vit, "norm_pre", sae, edited) - concept_maps(vit, "norm_pre", sae, images)).abs()
+    changed = (
+        concept_maps(vit, "norm_pre", sae, edited) - concept_maps(vit, "norm_pre", sae, images)
+    ).abs()
     moved = changed.amax(dim=(0, 1)) > 0
     expected = torch.zeros(4, 6, dtype=torch.bool)
     expected[2, 5] = True

@@ -69,14 +69,21 @@ def sae_for(model, layer, images, family="topk", n_concepts=128, **options):
     if family not in ("relu", "jumprelu") and "k" not in options:
         options["k"] = 8
     candidates = kmeans(acts, n_concepts, seed=0) if family in ("asae", "rasae") else None
-    return fit(build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options), acts)
+    return fit(
+        build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options), acts
+    )
 
 
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
     return load_model(
-        "timm:vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, depth=3, reg_tokens=2, num_classes=10
+        "timm:vit_tiny_patch16_224",
+        img_size=(32, 48),
+        patch_size=8,
+        depth=3,
+        reg_tokens=2,
+        num_classes=10,
     )
 
 
@@ -114,24 +121,43 @@ def test_integrated_gradients_complete_to_one_percent(vit, vit_saes, pixels, fam
 def test_quadrature_choices_and_baselines(vit, vit_saes, pixels):
     sae = vit_saes["topk"]
     target = class_probability(2)
-    coarse = integrated_gradients(vit, LAYER, sae, pixels, target, n_steps=2, method="riemann_middle", progress=False)
-    fine = integrated_gradients(vit, LAYER, sae, pixels, target, n_steps=24, method="riemann_middle",
-                                steps_per_forward=5, progress=False)
+    coarse = integrated_gradients(
+        vit, LAYER, sae, pixels, target, n_steps=2, method="riemann_middle", progress=False
+    )
+    fine = integrated_gradients(
+        vit,
+        LAYER,
+        sae,
+        pixels,
+        target,
+        n_steps=24,
+        method="riemann_middle",
+        steps_per_forward=5,
+        progress=False,
+    )
     gauss = integrated_gradients(vit, LAYER, sae, pixels, target, n_steps=8, progress=False)
     assert fine.relative_completeness_error < coarse.relative_completeness_error
     assert_complete(gauss)
     assert_complete(fine)
-    torch.testing.assert_close(gauss.per_image, fine.per_image, atol=2e-3 * gauss.per_image.abs().max(), rtol=0)
+    torch.testing.assert_close(
+        gauss.per_image, fine.per_image, atol=2e-3 * gauss.per_image.abs().max(), rtol=0
+    )
     # a baseline equal to the codes gives zero attribution and zero target difference
-    same = integrated_gradients(vit, LAYER, sae, pixels, target, baseline=gauss.codes_BTC, n_steps=2, progress=False)
+    same = integrated_gradients(
+        vit, LAYER, sae, pixels, target, baseline=gauss.codes_BTC, n_steps=2, progress=False
+    )
     assert same.scores_BTC.abs().max() == 0
     torch.testing.assert_close(same.baseline_target_B, same.target_B)
     # a mean-code baseline still satisfies completeness
     mean = gauss.codes_BTC.mean(dim=(0, 1))
-    other = integrated_gradients(vit, LAYER, sae, pixels, target, baseline=mean, n_steps=16, progress=False)
+    other = integrated_gradients(
+        vit, LAYER, sae, pixels, target, baseline=mean, n_steps=16, progress=False
+    )
     assert_complete(other)
     with pytest.raises(ValueError, match="does not broadcast"):
-        integrated_gradients(vit, LAYER, sae, pixels, target, baseline=torch.zeros(5), progress=False)
+        integrated_gradients(
+            vit, LAYER, sae, pixels, target, baseline=torch.zeros(5), progress=False
+        )
     with pytest.raises(ValueError, match="unknown integration method"):
         integrated_gradients(vit, LAYER, sae, pixels, target, method="simpson", progress=False)
     checks.assert_clean(vit)
@@ -153,7 +179,9 @@ def test_grad_x_act_matches_finite_differences(vit, vit_saes, pixels):
             up = steer(vit, LAYER, sae, {concept: h}, tokens=[token])(pixels[:1])[0, 4]
             down = steer(vit, LAYER, sae, {concept: -h}, tokens=[token])(pixels[:1])[0, 4]
         expected = attr.codes_BTC[0, token, concept] * (up - down) / (2 * h)
-        torch.testing.assert_close(attr.scores_BTC[0, token, concept], expected, rtol=2e-2, atol=1e-5)
+        torch.testing.assert_close(
+            attr.scores_BTC[0, token, concept], expected, rtol=2e-2, atol=1e-5
+        )
     checks.assert_clean(vit)
 
 
@@ -196,7 +224,9 @@ def test_targets_are_checked(vit, vit_saes, pixels):
     margin = grad_x_act(vit, LAYER, sae, pixels, lambda out: out[:, 1] - out[:, 2])
     one = grad_x_act(vit, LAYER, sae, pixels, 1)
     two = grad_x_act(vit, LAYER, sae, pixels, 2)
-    torch.testing.assert_close(margin.scores_BTC, one.scores_BTC - two.scores_BTC, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        margin.scores_BTC, one.scores_BTC - two.scores_BTC, atol=1e-6, rtol=1e-4
+    )
 
 
 # ------------------------------------------------------------------- steering sweep
@@ -207,7 +237,9 @@ def test_steering_sweep_follows_the_gradient(vit, vit_saes, pixels):
     attr = grad_x_act(vit, LAYER, sae, pixels, target)
     concept = int(attr.gradients_BTC.sum(1).abs().sum(0).argmax())
     h = 0.02
-    sweep = steering_sweep(vit, LAYER, sae, pixels, concept, [-h, 0.0, h], target, mode="add", progress=False)
+    sweep = steering_sweep(
+        vit, LAYER, sae, pixels, concept, [-h, 0.0, h], target, mode="add", progress=False
+    )
     assert sweep.target_VB.shape == (3, 3) and sweep.concepts == [concept] and sweep.mode == "add"
     torch.testing.assert_close(sweep.clean_B, attr.target_B, atol=1e-6, rtol=0)
     torch.testing.assert_close(sweep.change_VB[1], torch.zeros(3), atol=1e-6, rtol=0)
@@ -215,10 +247,18 @@ def test_steering_sweep_follows_the_gradient(vit, vit_saes, pixels):
     expected = attr.gradients_BTC[..., concept].sum(1)
     assert expected.abs().max() > 1e-4
     torch.testing.assert_close(slope, expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
-    ones = steering_sweep(vit, LAYER, sae, pixels, concept, [1.0], target, mode="scale", progress=False)
+    ones = steering_sweep(
+        vit, LAYER, sae, pixels, concept, [1.0], target, mode="scale", progress=False
+    )
     torch.testing.assert_close(ones.change_VB[0], torch.zeros(3), atol=1e-6, rtol=0)
-    clamp = steering_sweep(vit, LAYER, sae, pixels, [concept, 3], torch.linspace(0, 6, 4), target, progress=False)
-    assert clamp.mean_change_V.shape == (4,) and clamp.mode == "clamp" and clamp.concepts == [concept, 3]
+    clamp = steering_sweep(
+        vit, LAYER, sae, pixels, [concept, 3], torch.linspace(0, 6, 4), target, progress=False
+    )
+    assert (
+        clamp.mean_change_V.shape == (4,)
+        and clamp.mode == "clamp"
+        and clamp.concepts == [concept, 3]
+    )
     with pytest.raises(ValueError, match="no value to sweep"):
         steering_sweep(vit, LAYER, sae, pixels, concept, [1.0], target, mode="ablate")
     checks.assert_clean(vit)
@@ -234,8 +274,13 @@ def clip():
 def test_open_clip_prompt_similarity(clip):
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     layer = "blocks.6"
-    sae = sae_for(clip, layer, torch.randn(24, 3, 64, 64, generator=torch.Generator().manual_seed(4)),
-                  n_concepts=256, k=16)
+    sae = sae_for(
+        clip,
+        layer,
+        torch.randn(24, 3, 64, 64, generator=torch.Generator().manual_seed(4)),
+        n_concepts=256,
+        k=16,
+    )
     similarity = prompt_similarity(clip, "a photo of a dog")
     logit = prompt_similarity(clip, "a photo of a dog", logit=True)
     with torch.no_grad():
@@ -256,25 +301,51 @@ def _tiny_clip_tokenizer(path) -> None:
         vocab[ch + "</w>"] = len(vocab)
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\n")
-    T.CLIPTokenizer(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt")).save_pretrained(path)
+    T.CLIPTokenizer(
+        vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt")
+    ).save_pretrained(path)
 
 
 def test_hf_clip_prompt_similarity(tmp_path):
     torch.manual_seed(0)
-    vision = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  image_size=32, patch_size=8)
-    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                vocab_size=60, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    T.CLIPModel(T.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).eval().save_pretrained(tmp_path)
+    vision = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+    )
+    text = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=60,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    T.CLIPModel(
+        T.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)
+    ).eval().save_pretrained(tmp_path)
     _tiny_clip_tokenizer(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(f"hf:{tmp_path}")
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    sae = sae_for(model, 0, torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(6)), n_concepts=96)
+    sae = sae_for(
+        model,
+        0,
+        torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(6)),
+        n_concepts=96,
+    )
     target = prompt_similarity(model, "a dog", logit=True)
     with torch.no_grad():
-        torch.testing.assert_close(target(model(images)), model.zero_shot_logits(images, ["a dog"])[:, 0])
+        torch.testing.assert_close(
+            target(model(images)), model.zero_shot_logits(images, ["a dog"])[:, 0]
+        )
     attr = integrated_gradients(model, 0, sae, images, target, n_steps=16, progress=False)
     assert_complete(attr)
     gxa = grad_x_act(model, 0, sae, images, target, tokens="patches")

@@ -172,13 +172,25 @@ def _run(
     a tensor output is split back into them so the target sees one batch at a time."""
     leaf = _LeafCodes(make_codes)
     context = torch.enable_grad() if grad else torch.no_grad()
-    with context, splice(
-        model, name, sae, error_term=True, tokens=tokens, where=where, edit=leaf, encode_options=options
-    ) as spliced:
+    with (
+        context,
+        splice(
+            model,
+            name,
+            sae,
+            error_term=True,
+            tokens=tokens,
+            where=where,
+            edit=leaf,
+            encode_options=options,
+        ) as spliced,
+    ):
         output = model(pixels)
         batch = pixels.shape[0] // copies
         if copies > 1 and isinstance(output, Tensor):
-            value = torch.cat([evaluate_target(target, part, batch) for part in output.split(batch)])
+            value = torch.cat(
+                [evaluate_target(target, part, batch) for part in output.split(batch)]
+            )
         else:
             value = evaluate_target(target, output, pixels.shape[0])
     if spliced.last is None or leaf.leaf is None:
@@ -233,7 +245,18 @@ def grad_x_act(
     pixels = model.to_pixels(images)
     index, grid = _layer_tokens(model, name, tokens, where, pixels)
     value, gradient, codes = _gradient(
-        _run(model, name, sae, pixels, target_fn, tokens, where, lambda c: c, encode_options, grad=True)
+        _run(
+            model,
+            name,
+            sae,
+            pixels,
+            target_fn,
+            tokens,
+            where,
+            lambda c: c,
+            encode_options,
+            grad=True,
+        )
     )
     return Attribution(codes * gradient, codes, value, index, "grad_x_act", None, grid, gradient)
 
@@ -248,7 +271,9 @@ def _quadrature(n_steps: int, method: str) -> tuple[Tensor, Tensor]:
     if method == "riemann_middle":
         alphas = (torch.arange(n_steps, dtype=torch.float64) + 0.5) / n_steps
         return alphas, torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
-    raise ValueError(f"unknown integration method {method!r}; use 'gausslegendre' or 'riemann_middle'.")
+    raise ValueError(
+        f"unknown integration method {method!r}; use 'gausslegendre' or 'riemann_middle'."
+    )
 
 
 def integrated_gradients(
@@ -308,13 +333,24 @@ def integrated_gradients(
             f"{tuple(codes.shape)} (B, T, n_concepts)."
         ) from err
     base_value, _, _ = _run(
-        model, name, sae, pixels, target_fn, tokens, where, lambda c: base, encode_options, grad=False
+        model,
+        name,
+        sae,
+        pixels,
+        target_fn,
+        tokens,
+        where,
+        lambda c: base,
+        encode_options,
+        grad=False,
     )
 
     diff = codes - base
     total = torch.zeros_like(codes)
     chunks = list(torch.split(torch.arange(n_steps), steps_per_forward))
-    for chunk in tqdm(chunks, desc="integrated gradients", leave=False, disable=not progress or len(chunks) < 2):
+    for chunk in tqdm(
+        chunks, desc="integrated gradients", leave=False, disable=not progress or len(chunks) < 2
+    ):
         m = len(chunk)
         a_M = alphas[chunk].to(device=codes.device, dtype=codes.dtype).view(m, 1, 1, 1)
 
@@ -323,7 +359,9 @@ def integrated_gradients(
 
         repeated = pixels.repeat(m, *([1] * (pixels.ndim - 1)))
         _, gradient, _ = _gradient(
-            _run(model, name, sae, repeated, target_fn, tokens, where, path, encode_options, True, m)
+            _run(
+                model, name, sae, repeated, target_fn, tokens, where, path, encode_options, True, m
+            )
         )
         w_M = weights[chunk].to(device=codes.device, dtype=codes.dtype).view(m, 1, 1, 1)
         total += (w_M * gradient.view(m, *codes.shape)).sum(dim=0)

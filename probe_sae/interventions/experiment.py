@@ -87,13 +87,17 @@ def steering_sweep(
         A `SteeringSweep`; ``.change_VB`` is the target change for each value and image.
     """
     if mode == "ablate":
-        raise ValueError("mode='ablate' has no value to sweep; use mode='scale' with values in [0, 1].")
+        raise ValueError(
+            "mode='ablate' has no value to sweep; use mode='scale' with values in [0, 1]."
+        )
     check_width(model, layer, sae, where)
     target_fn = resolve_target(target)
     concepts = [int(concept)] if isinstance(concept, int) else [int(c) for c in concept]
     values_V = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if values_V.numel() == 0:
-        raise ValueError("values is empty; pass the values to sweep, e.g. torch.linspace(0, 10, 11).")
+        raise ValueError(
+            "values is empty; pass the values to sweep, e.g. torch.linspace(0, 10, 11)."
+        )
     pixels = model.to_pixels(images)
     batch = pixels.shape[0]
     clean_B = evaluate_target(target_fn, model(pixels), batch).float()

@@ -109,12 +109,16 @@ def concept_maps(
     patches = patch_grid(model, name, (pixels.shape[-2], pixels.shape[-1]))
     got = hooks.capture(model, pixels, name, tokens=patches.patch_index)[name]
     param = next(sae.parameters())
-    codes_NC = sae.encode(got.acts.to(device=param.device, dtype=param.dtype), **(encode_options or {}))
+    codes_NC = sae.encode(
+        got.acts.to(device=param.device, dtype=param.dtype), **(encode_options or {})
+    )
     codes_BPC = codes_NC.view(got.n_images, got.tokens_per_image, sae.n_concepts)
     if concepts is not None:
         index = torch.as_tensor(concepts, dtype=torch.long, device=codes_BPC.device).reshape(-1)
         if bool(((index < 0) | (index >= sae.n_concepts)).any()):
-            raise ValueError(f"concepts {index.tolist()} out of range for an SAE of {sae.n_concepts} concepts.")
+            raise ValueError(
+                f"concepts {index.tolist()} out of range for an SAE of {sae.n_concepts} concepts."
+            )
         codes_BPC = codes_BPC.index_select(2, index)
     maps = fold_patches(codes_BPC.float(), patches.grid)
     return upsample(maps, size) if size is not None else maps

@@ -95,7 +95,11 @@ class SAESplice:
         codes_BTC = codes_NC.reshape(batch, n_tok, n_concepts)
         edited_BTC = codes_BTC if self.edit is None else self.edit(codes_BTC)
         if not isinstance(edited_BTC, Tensor) or edited_BTC.shape != codes_BTC.shape:
-            got = tuple(edited_BTC.shape) if isinstance(edited_BTC, Tensor) else type(edited_BTC).__name__
+            got = (
+                tuple(edited_BTC.shape)
+                if isinstance(edited_BTC, Tensor)
+                else type(edited_BTC).__name__
+            )
             raise ValueError(
                 f"A code edit must return codes shaped like its input {tuple(codes_BTC.shape)} "
                 f"(B, tokens, n_concepts); it returned {got}."

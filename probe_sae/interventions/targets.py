@@ -124,7 +124,11 @@ def evaluate_target(target: Target, output: Any, batch: int) -> Tensor:
     """``target(output)`` checked to be a (batch,) floating tensor."""
     value = target(output)
     if not isinstance(value, Tensor) or value.shape != (batch,) or not value.is_floating_point():
-        got = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+        got = (
+            f"shape {tuple(value.shape)} {value.dtype}"
+            if isinstance(value, Tensor)
+            else type(value).__name__
+        )
         raise ValueError(
             f"the target must return one float per image, a ({batch},) tensor; it returned {got}. "
             f"Reduce the model output per image (e.g. lambda out: out[:, 3])."
