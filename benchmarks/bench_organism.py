@@ -97,7 +97,7 @@ def main() -> None:
     )
     print(body)
     if args.write:
-        print(f"written to {write_section('organism', body)}")
+        print(f"written to {write_section('bench_organism', body)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from probe_sae import hooks, interventions
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
 from probe_sae.interventions import attribute, concept_maps, splice, steer, steering_sweep
 from probe_sae.models import LayerInfo, TokenLayout, VisionModel, load_model, register_loader, wrap
+from probe_sae.models.organism import head_directions, load_organism
 from probe_sae.saes import (
     MPSAE,
     SAE,
@@ -53,10 +54,12 @@ __all__ = [
     "available_families",
     "build_sae",
     "concept_maps",
+    "head_directions",
     "hooks",
     "interventions",
     "kmeans",
     "load_model",
+    "load_organism",
     "load_sae",
     "register_loader",
     "splice",

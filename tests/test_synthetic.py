@@ -43,6 +43,7 @@ def test_deterministic_per_seed(batch):
     streamed = list(synthetic.iter_batches(70, seed=5, stop=300))
     assert [len(b) for b in streamed] == [70, 70, 70, 70, 20]
     assert _same(synthetic._concat(streamed), batch)
+    assert _same(batch[-1], batch[299:300]) and len(batch[0]) == 1
 
 
 def test_shapes_dtypes_and_ranges(batch):

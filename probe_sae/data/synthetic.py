@@ -132,7 +132,9 @@ class ConceptImages:
         return iter((self.images, self.presence, self.masks))
 
     def __getitem__(self, index: slice | int) -> ConceptImages:
-        index = slice(index, index + 1) if isinstance(index, int) else index
+        if isinstance(index, int):  # keep the batch axis: batch[i] is a batch of one
+            index = range(len(self))[index]
+            index = slice(index, index + 1)
         return ConceptImages(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 
