@@ -159,7 +159,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}.",
         "",
-        "Command: `python benchmarks/bench_sae_step.py --write`",
+        f"Command: `python benchmarks/bench_sae_step.py {' '.join(sys.argv[1:])}`",
         "",
         "| family | implementation | s / step | speed-up vs dense reference | peak RSS (MB) |",
         "| --- | --- | ---: | ---: | ---: |",

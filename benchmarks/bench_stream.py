@@ -49,18 +49,36 @@ def throughput(layer: str, n_images: int) -> dict:
         n_tok += capture(model, images[i : i + 32], layer)[layer].acts.shape[0]
     capture_rate = n_tok / (time.perf_counter() - t0)
 
-    stream = ActivationStream(model, images, layer, batch_size=1024, buffer_tokens=16384, image_batch_size=32)
+    stream = ActivationStream(
+        model, images, layer, batch_size=1024, buffer_tokens=16384, image_batch_size=32
+    )
     t0, n_tok = time.perf_counter(), 0
     while (b := stream.next_batch()) is not None:
         n_tok += b[layer].shape[0]
     stream_rate = n_tok / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    result = train_sae(model, layer, images, sae="topk", expansion=8, k=32, batch_size=1024,
-                       buffer_tokens=16384, image_batch_size=32, progress=False, init_tokens=4096)
+    result = train_sae(
+        model,
+        layer,
+        images,
+        sae="topk",
+        expansion=8,
+        k=32,
+        batch_size=1024,
+        buffer_tokens=16384,
+        image_batch_size=32,
+        progress=False,
+        init_tokens=4096,
+    )
     train_rate = result.tokens / (time.perf_counter() - t0)
-    return {"layer": layer, "capture": capture_rate, "stream": stream_rate, "train": train_rate,
-            "fvu": result.metrics[-1]["fvu"]}
+    return {
+        "layer": layer,
+        "capture": capture_rate,
+        "stream": stream_rate,
+        "train": train_rate,
+        "fvu": result.metrics[-1]["fvu"],
+    }
 
 
 def memory(n_images: int) -> dict:
@@ -69,10 +87,24 @@ def memory(n_images: int) -> dict:
     torch.set_num_threads(2)
     model = _model()
     images = _ImageList(n_images)
-    result = train_sae(model, "blocks.5", images, sae="topk", expansion=8, k=32, batch_size=1024,
-                       buffer_tokens=8192, image_batch_size=32, progress=False, init_tokens=2048)
-    return {"images": n_images, "tokens": result.tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = train_sae(
+        model,
+        "blocks.5",
+        images,
+        sae="topk",
+        expansion=8,
+        k=32,
+        batch_size=1024,
+        buffer_tokens=8192,
+        image_batch_size=32,
+        progress=False,
+        init_tokens=2048,
+    )
+    return {
+        "images": n_images,
+        "tokens": result.tokens,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 class _ImageList(torch.utils.data.Dataset):
@@ -97,7 +129,9 @@ def _sub(kind: str, arg: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=640, help="images for the throughput runs")
-    parser.add_argument("--memory-images", type=int, default=160, help="N for the memory runs (and 10·N)")
+    parser.add_argument(
+        "--memory-images", type=int, default=400, help="N for the memory runs (and 10·N)"
+    )
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,7 +174,9 @@ def main() -> None:
     ]
     lines += [f"| {m['images']} | {m['tokens']:,} | {m['peak_rss_mb']:.0f} |" for m in mem]
     lines.append("")
-    lines.append(f"Growth for 10× the images: {100 * (mem[1]['peak_rss_mb'] / mem[0]['peak_rss_mb'] - 1):+.1f} %.")
+    lines.append(
+        f"Growth for 10× the images: {100 * (mem[1]['peak_rss_mb'] / mem[0]['peak_rss_mb'] - 1):+.1f} %."
+    )
     table = "\n".join(lines)
     print(table)
     if args.write:

@@ -9,7 +9,7 @@ from probe_sae.saes import MPSAE, TopKSAE
 def test_digits_split_and_range():
     train, test = digits()
     assert train.shape == (1500, 64) and test.shape == (297, 64)
-    assert 0 <= float(train.min()) and float(train.max()) <= 1
+    assert float(train.min()) >= 0 and float(train.max()) <= 1
 
 
 def test_reconstruct_at_k_restores_the_trained_k():

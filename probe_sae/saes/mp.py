@@ -105,7 +105,7 @@ class MPSAE(SAE):
         atoms = self.decoder.atoms()
         indices, active = select_atoms(x_c.detach(), atoms.detach(), steps)
         coefs, residual = pursue(x_c, atoms, indices, active)
-        return SparseCodes.from_fixed(coefs, indices, self.n_concepts), residual
+        return SparseCodes.from_fixed(coefs, indices, self.n_concepts, unique=False), residual
 
     def _encode(self, x_c: Tensor, k: int | None = None) -> SparseCodes:
         return self._pursuit(x_c, k)[0]

@@ -31,17 +31,23 @@ class SparseCodes:
     indices: Tensor  # (E,) int64 concept ids
     offsets: Tensor  # (N,) int64 start of each token's entries
     n_concepts: int
+    #: False when a token may list a concept twice (matching pursuit re-selects atoms)
+    unique: bool = True
 
     @property
     def n_tokens(self) -> int:
         return int(self.offsets.shape[0])
 
     @staticmethod
-    def from_fixed(values_NK: Tensor, indices_NK: Tensor, n_concepts: int) -> SparseCodes:
+    def from_fixed(
+        values_NK: Tensor, indices_NK: Tensor, n_concepts: int, unique: bool = True
+    ) -> SparseCodes:
         """Codes with exactly K entries per token (TopK, matching pursuit)."""
         n, k = values_NK.shape
         offsets = torch.arange(n, device=values_NK.device, dtype=torch.long) * k
-        return SparseCodes(values_NK.reshape(-1), indices_NK.reshape(-1), offsets, n_concepts)
+        return SparseCodes(
+            values_NK.reshape(-1), indices_NK.reshape(-1), offsets, n_concepts, unique
+        )
 
     @staticmethod
     def from_dense(codes_NC: Tensor) -> SparseCodes:
@@ -69,10 +75,17 @@ class SparseCodes:
 
     def l0(self) -> Tensor:
         """(N,) number of distinct active concepts per token."""
-        return (self.to_dense() != 0).sum(dim=1)
+        if not self.unique:
+            return (self.to_dense() != 0).sum(dim=1)
+        active = (self.values != 0).long()
+        return torch.zeros(self.n_tokens, dtype=torch.long, device=active.device).index_add_(
+            0, self.token_ids(), active
+        )
 
     def detach(self) -> SparseCodes:
-        return SparseCodes(self.values.detach(), self.indices, self.offsets, self.n_concepts)
+        return SparseCodes(
+            self.values.detach(), self.indices, self.offsets, self.n_concepts, self.unique
+        )
 
 
 def sparse_decode(codes: SparseCodes, atoms_CD: Tensor) -> Tensor:
