@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from probe_sae._atomic import atomic_write
 
 from .base import VisionModel
 from .timm import vit_layout
@@ -90,19 +91,11 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "probe_sae"
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_organism(
-    module: nn.Module, folder: str | Path, config: OrganismConfig, info: dict[str, Any] | None = None
+    module: nn.Module,
+    folder: str | Path,
+    config: OrganismConfig,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``module``'s weights (fp16 safetensors) and ``config.json`` (architecture, kind names
     and ``info``: training recipe, held-out scores) to ``folder``; returns the folder."""
@@ -110,8 +103,10 @@ def save_organism(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    tensors = {
+        k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()
+    }
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,7 +115,7 @@ def save_organism(
         **(info or {}),
     }
     text = json.dumps(doc, indent=2)
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
     return out
 
 
@@ -135,8 +130,14 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise OrganismFormatError(f"{path} is not valid JSON ({err}); train or save the organism again.") from err
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        raise OrganismFormatError(
+            f"{path} is not valid JSON ({err}); train or save the organism again."
+        ) from err
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != FORMAT
+        or doc.get("format_version") != FORMAT_VERSION
+    ):
         raise OrganismFormatError(
             f"{path} is not organism format {FORMAT} v{FORMAT_VERSION}; retrain it with "
             f"`python -m probe_sae.models.organism_train --out {folder}`."
@@ -157,7 +158,9 @@ def load_organism_module(folder: str | Path, device: torch.device | str = "cpu")
         )
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
-        raise OrganismFormatError(f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}; save the organism again.")
+        raise OrganismFormatError(
+            f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}; save the organism again."
+        )
     module = build_vit(OrganismConfig(**doc["architecture"]))
     module.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     return module.to(device).eval()
@@ -235,6 +238,8 @@ def head_directions(model: VisionModel | nn.Module, fold_norm: bool = False) -> 
     if fold_norm:
         norm = getattr(module, "norm", None)
         if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
-            raise ValueError("fold_norm=True needs the model's final `norm` to be an affine LayerNorm.")
+            raise ValueError(
+                "fold_norm=True needs the model's final `norm` to be an affine LayerNorm."
+            )
         directions_KD = directions_KD * norm.weight.detach()
     return directions_KD

@@ -7,8 +7,6 @@ an interrupted save leaves either the previous SAE or the new one, never a mixtu
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from probe_sae._atomic import atomic_write
 from probe_sae.saes.base import SAE
 
 FORMAT = "probe_sae.sae"
@@ -26,17 +25,6 @@ WEIGHTS_NAME = "model.safetensors"
 
 class SAEFormatError(ValueError):
     """A folder that is not a loadable SAE (missing, corrupted, or of another version)."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sae_config(sae: SAE) -> dict[str, Any]:
@@ -62,11 +50,11 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sae.state_dict().items()}
-    _atomic_write(
+    atomic_write(
         folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
     )
     text = json.dumps(sae_config(sae), indent=2, sort_keys=True)
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
     return folder
 
 
