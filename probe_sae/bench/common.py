@@ -8,7 +8,8 @@ from typing import Any
 from torch import Tensor
 
 from probe_sae.data.tokens import TensorTokenSource
-from probe_sae.saes import SAE
+from probe_sae.saes import SAE, build_sae
+from probe_sae.saes.factory import ARCHETYPAL
 from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer
 
 #: Figures published in the seed papers, printed beside ours.
@@ -26,6 +27,39 @@ PUBLISHED = {
     "k grows, TopK degrades past its training k, ReLU plateaus; shallow SAEs learn near-orthogonal "
     "atoms, MP-SAE correlated ones (higher coherence / Babel).",
 }
+
+
+#: families that take a sparsity k
+K_FAMILIES = ("topk", "batchtopk", "mp", "asae", "rasae")
+
+
+def bench_sae(
+    family: str,
+    d_model: int,
+    n_concepts: int,
+    *,
+    k: int,
+    candidates: Tensor | None = None,
+    delta: float = 1.0,
+    seed: int = 0,
+    **hyperparameters: Any,
+) -> SAE:
+    """An SAE of ``family`` for a benchmark: ``k`` where the family has one, archetypal
+    families on ``candidates`` (A-SAE with δ = 0, RA-SAE with ``delta``)."""
+    hyper = {"k": min(k, n_concepts)} if family in K_FAMILIES else {}
+    hyper.update(hyperparameters)
+    if family in ARCHETYPAL:
+        if candidates is None:
+            raise ValueError(f"{family} needs candidates")
+        return build_sae(
+            family,
+            d_model,
+            n_concepts,
+            candidates=candidates,
+            delta=None if family == "asae" else delta,
+            **hyper,
+        )
+    return build_sae(family, d_model, n_concepts, seed=seed, **hyper)
 
 
 def train_on_tokens(

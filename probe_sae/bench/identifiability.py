@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from probe_sae.bench.common import PUBLISHED, markdown_table, train_on_tokens
+from probe_sae.bench.common import PUBLISHED, bench_sae, markdown_table, train_on_tokens
 from probe_sae.metrics.dictionary import soft_identifiability
-from probe_sae.saes import build_sae, kmeans
+from probe_sae.saes import kmeans
 
 
 @dataclass
@@ -60,22 +60,19 @@ def identifiability_study(
     mean, std = train_acts.mean(0), train_acts.std(0).clamp_min(1e-6)
     tr, te = (train_acts - mean) / std, (test_acts - mean) / std
     cands = kmeans(tr, min(n_candidates, tr.shape[0]), seed=seed)
-    specs = {}
-    for fam in families:
-        hyper = {"k": k} if fam in ("topk", "batchtopk", "mp", "asae", "rasae") else {}
-        if fam == "relu":
-            hyper = {"l1_coeff": 1e-2}
-        if fam in ("asae", "rasae"):
-            specs[fam] = build_sae(
-                fam,
-                tr.shape[1],
-                c,
-                candidates=cands,
-                delta=None if fam == "asae" else delta,
-                **hyper,
-            )
-        else:
-            specs[fam] = build_sae(fam, tr.shape[1], c, seed=seed, **hyper)
+    specs = {
+        fam: bench_sae(
+            fam,
+            tr.shape[1],
+            c,
+            k=k,
+            candidates=cands,
+            delta=delta,
+            seed=seed,
+            **({"l1_coeff": 1e-2} if fam == "relu" else {}),
+        )
+        for fam in families
+    }
     saes = train_on_tokens(
         specs,
         tr,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from probe_sae.bench.common import PUBLISHED, markdown_table, train_on_tokens
+from probe_sae.bench.common import PUBLISHED, bench_sae, markdown_table, train_on_tokens
 from probe_sae.metrics.dictionary import plausibility
-from probe_sae.saes import build_sae, kmeans
+from probe_sae.saes import kmeans
 
 
 @dataclass
@@ -59,26 +59,10 @@ def plausibility_study(
     scores: dict[str, list[float]] = {f: [] for f in families}
     cands = kmeans(x, min(4 * max(sizes), x.shape[0]), seed=seed)
     for n in sizes:
-        specs = {}
-        for fam in families:
-            kk = min(k, n)
-            if fam in ("asae", "rasae"):
-                specs[fam] = build_sae(
-                    fam,
-                    x.shape[1],
-                    n,
-                    candidates=cands,
-                    delta=None if fam == "asae" else delta,
-                    k=kk,
-                )
-            else:
-                specs[fam] = build_sae(
-                    fam,
-                    x.shape[1],
-                    n,
-                    seed=seed,
-                    **({"k": kk} if fam in ("topk", "batchtopk", "mp") else {}),
-                )
+        specs = {
+            fam: bench_sae(fam, x.shape[1], n, k=k, candidates=cands, delta=delta, seed=seed)
+            for fam in families
+        }
         saes = train_on_tokens(
             specs,
             x,

@@ -16,14 +16,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe_sae.bench.common import PUBLISHED, markdown_table, train_on_tokens
+from probe_sae.bench.common import K_FAMILIES, PUBLISHED, bench_sae, markdown_table, train_on_tokens
 from probe_sae.metrics.dictionary import mean_pairwise_stability
 from probe_sae.metrics.reconstruction import fvu
-from probe_sae.saes import SAE, build_sae, kmeans
+from probe_sae.saes import SAE, kmeans
 from probe_sae.saes.factory import ARCHETYPAL
 from probe_sae.train.trainer import SAESpec
-
-K_FAMILIES = ("topk", "batchtopk", "mp", "asae", "rasae")
 
 
 @dataclass
@@ -54,20 +52,6 @@ class StabilityResult:
                 f"Published: {PUBLISHED['stability']}",
             ]
         )
-
-
-def _archetypal(
-    family: str, d: int, n_concepts: int, candidates: Tensor, k: int, delta: float
-) -> SAE:
-    hyper = {"k": k} if family in K_FAMILIES else {}
-    return build_sae(
-        family,
-        d,
-        n_concepts,
-        candidates=candidates,
-        delta=None if family == "asae" else delta,
-        **hyper,
-    )
 
 
 def stability_study(
@@ -115,7 +99,9 @@ def stability_study(
                     cands = shared
                 else:
                     cands = kmeans(train, n_cand, seed=seed)
-                spec: SAE | SAESpec = _archetypal(family, d, n_concepts, cands, k, delta)
+                spec: SAE | SAESpec = bench_sae(
+                    family, d, n_concepts, k=k, candidates=cands, delta=delta
+                )
             else:
                 options = {"k": k} if family in K_FAMILIES else {}
                 spec = SAESpec(family, n_concepts, seed=seed, options=options)
