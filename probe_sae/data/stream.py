@@ -101,6 +101,20 @@ class ActivationStream:
     def widths(self) -> dict[str, int]:
         return dict(self._widths)
 
+    def describe(self, key: str) -> dict[str, Any]:
+        """Where the tokens of ``key`` come from, as saved in an SAE's ``provenance``."""
+        tokens = self.tokens
+        if isinstance(tokens, Tensor):
+            tokens = tokens.tolist()
+        elif not isinstance(tokens, str):
+            tokens = list(tokens)
+        return {
+            "model": getattr(self.model, "spec", None),
+            "model_name": getattr(self.model, "name", None),
+            "layer": self.model.resolve(self.layer_specs[key]),
+            "tokens": tokens,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,

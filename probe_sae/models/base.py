@@ -109,6 +109,8 @@ class VisionModel:
         self.module = module
         self.pool_layer = pool_layer
         self.name = name
+        #: the ``load_model`` spec that rebuilds this model (``None`` for ``wrap``-ped modules)
+        self.spec: str | None = None
         self.input_spec = input_spec
         self.layout = layout
         self.text = text

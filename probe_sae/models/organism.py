@@ -209,7 +209,7 @@ def load_organism(
     folder = Path(path) if path is not None else _weights_folder(train_if_missing)
     module = load_organism_module(folder, device)
     size = int(module.patch_embed.img_size[0])
-    return wrap(
+    model = wrap(
         module,
         preprocess=_preprocess(size),
         token_layout=vit_layout(module),
@@ -217,6 +217,8 @@ def load_organism(
         blocks="blocks",
         name="organism",
     )
+    model.spec = "organism" if path is None else f"organism:{Path(path).resolve()}"
+    return model
 
 
 def head_directions(model: VisionModel | nn.Module, fold_norm: bool = False) -> Tensor:

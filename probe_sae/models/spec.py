@@ -82,6 +82,13 @@ def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> 
     ``timm.create_model``), e.g. ``force_image_size=``, ``torch_dtype=``, ``pretrained=True``.
     The model is put in eval mode on ``device``.
     """
+    model = _load(spec, device, **kwargs)
+    if model.spec is None and not kwargs:
+        model.spec = spec
+    return model
+
+
+def _load(spec: str, device: torch.device | str, **kwargs: Any) -> VisionModel:
     if isinstance(spec, str) and spec.partition(":")[0] in _EXTRA_LOADERS:
         family, _, rest = spec.partition(":")
         return _EXTRA_LOADERS[family](rest, device, **kwargs)

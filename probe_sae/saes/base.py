@@ -108,6 +108,9 @@ class SAE(nn.Module):
         self.register_buffer("input_mean", torch.zeros(d_model))
         self.register_buffer("input_scale", torch.ones(d_model))
         self.normalization = "none"
+        #: where the SAE's activations come from (``model``, ``layer``, ``where``, ``tokens``),
+        #: saved with it so that ``probe-sae report`` / ``eval`` can re-attach it to its layer.
+        self.provenance: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- dictionary
     @property

@@ -42,6 +42,7 @@ def sae_config(sae: SAE) -> dict[str, Any]:
         "dictionary": sae.decoder.config(),
         "normalization": sae.normalization,
         "dtype": str(sae.b_pre.dtype).removeprefix("torch."),
+        "provenance": dict(sae.provenance),
     }
 
 
@@ -122,6 +123,7 @@ def load_sae(
     except RuntimeError as err:
         raise SAEFormatError(f"{weights} does not match its {CONFIG_NAME}: {err}") from err
     sae.normalization = cfg.get("normalization", "none")
+    sae.provenance = dict(cfg.get("provenance") or {})
     sae.eval()
     if device is not None or dtype is not None:
         sae.to(device=device, dtype=dtype)

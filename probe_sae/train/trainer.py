@@ -11,6 +11,7 @@ checkpoints are written atomically every ``checkpoint_every`` steps and on Ctrl-
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe_sae._atomic import atomic_write
 from probe_sae.data.tokens import TokenSource
 from probe_sae.metrics.reconstruction import ReconstructionStats
 from probe_sae.saes import SAE, build_sae, kmeans, load_sae
@@ -106,6 +108,22 @@ class TrainResult:
     tokens: int
     nonfinite_tokens: dict[str, int]
     checkpoint: Path | None
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write each SAE to ``out_dir/<name>/`` (``config.json`` + ``model.safetensors``) with
+        its rows of the metrics log in ``training_log.json``; returns the folders by name."""
+        folders: dict[str, Path] = {}
+        for name, sae in self.saes.items():
+            folder = sae.save_pretrained(Path(out_dir) / name)
+            rows = [row for row in self.metrics if row.get("name") == name]
+            text = json.dumps(rows, indent=1)
+            atomic_write(folder / TRAINING_LOG, lambda tmp, text=text: Path(tmp).write_text(text))
+            folders[name] = folder
+        return folders
+
+
+#: the metrics log written next to a saved SAE by :meth:`TrainResult.save`
+TRAINING_LOG = "training_log.json"
 
 
 class _Run:
@@ -260,6 +278,9 @@ class Trainer:
             sae.set_normalization(
                 mean.to(sae.b_pre), scale.to(sae.b_pre), self.config.normalization
             )
+            describe = getattr(self.source, "describe", None)
+            if describe is not None:
+                sae.provenance = {**describe(t.layer), **sae.provenance}
             with torch.no_grad():
                 sae.b_pre.copy_(geometric_median(x_n).to(sae.b_pre))
             sae.train()
