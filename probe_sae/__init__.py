@@ -5,6 +5,7 @@ __version__ = "0.1.0.dev0"
 from probe_sae import hooks, interventions
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
 from probe_sae.interventions import attribute, concept_maps, splice, steer, steering_sweep
+from probe_sae.metrics import EvalReport, FidelityReport, evaluate, spliced_fidelity
 from probe_sae.models import LayerInfo, TokenLayout, VisionModel, load_model, register_loader, wrap
 from probe_sae.models.organism import head_directions, load_organism
 from probe_sae.saes import (
@@ -33,6 +34,8 @@ __all__ = [
     "ArchetypalDictionary",
     "BatchTopKSAE",
     "CachedTokens",
+    "EvalReport",
+    "FidelityReport",
     "FreeDictionary",
     "JumpReLUSAE",
     "LayerInfo",
@@ -54,6 +57,7 @@ __all__ = [
     "available_families",
     "build_sae",
     "concept_maps",
+    "evaluate",
     "head_directions",
     "hooks",
     "interventions",
@@ -63,6 +67,7 @@ __all__ = [
     "load_sae",
     "register_loader",
     "splice",
+    "spliced_fidelity",
     "steer",
     "steering_sweep",
     "train_sae",
