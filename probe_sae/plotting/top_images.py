@@ -1,0 +1,222 @@
+"""Top-activating images per concept, found by streaming over many images.
+
+An image's score for a concept is its **maximum patch activation** (the concept's strongest
+code over the image's patch tokens at the layer). `top_activating_images` streams the images
+in batches and keeps, per concept, only the ``n`` best scores and their image positions, plus
+a few running totals used to rank concepts; it never holds the codes of all images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from probe_sae.interventions.maps import concept_maps, upsample
+from probe_sae.plotting._batches import as_source, iter_batches, read_items, to_model_pixels
+from probe_sae.plotting._display import display_image
+
+#: ways to rank concepts (`TopImages.rank`)
+RANKINGS = ("mass", "max", "image_frequency")
+
+
+@dataclass
+class TopImages:
+    """Per concept, the ``n`` images with the highest maximum patch activation.
+
+    Attributes:
+        concepts: (C,) the concept indices scored (row ``i`` of the tensors is ``concepts[i]``).
+        values: (C, n) scores (max patch activation) in descending order; ``-inf`` where fewer
+            than ``n`` images were seen.
+        indices: (C, n) positions of those images in the image source; ``-1`` where none.
+        mass: (C,) sum of the concept's codes over every patch token of every image.
+        image_frequency: (C,) fraction of images where the concept fires on some patch.
+        patch_frequency: (C,) fraction of patch tokens where the concept fires.
+        n_images: images streamed.
+        grid: (h, w) patch grid of the layer.
+    """
+
+    concepts: Tensor
+    values: Tensor
+    indices: Tensor
+    mass: Tensor
+    image_frequency: Tensor
+    patch_frequency: Tensor
+    n_images: int
+    grid: tuple[int, int]
+
+    def row(self, concept: int) -> int:
+        """Row of ``concept`` in the tensors."""
+        hits = (self.concepts == int(concept)).nonzero()
+        if hits.numel() == 0:
+            raise ValueError(
+                f"concept {concept} was not scored; scored: {self.concepts.tolist()[:20]}..."
+            )
+        return int(hits[0, 0])
+
+    def rank(self, by: str = "mass", limit: int | None = None) -> list[int]:
+        """Concept indices, best first, skipping concepts that never fired.
+
+        ``by="mass"`` (default): total activation over all patches of all images — concepts that
+        carry the most of the layer's coded signal; ``"max"``: the single highest patch
+        activation; ``"image_frequency"``: the fraction of images it fires on.
+        """
+        if by not in RANKINGS:
+            raise ValueError(f"rank by one of {RANKINGS}, got {by!r}.")
+        score = {
+            "mass": self.mass,
+            "max": self.values[:, 0],
+            "image_frequency": self.image_frequency,
+        }[by]
+        alive = self.image_frequency > 0
+        order = torch.argsort(
+            score.double().masked_fill(~alive, -np.inf), descending=True, stable=True
+        )
+        order = order[alive[order]]
+        return self.concepts[order[:limit]].tolist()
+
+
+@torch.no_grad()
+def top_activating_images(
+    model: Any,
+    layer: str | int,
+    sae: Any,
+    images: Any,
+    concepts: Sequence[int] | Tensor | None = None,
+    *,
+    n: int = 8,
+    batch_size: int = 16,
+    max_images: int | None = None,
+    encode_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TopImages:
+    """Stream ``images`` through ``model`` and ``sae`` and keep each concept's top ``n`` images.
+
+    Args:
+        images: a (N, C, H, W) tensor, a folder, a Dataset or PIL images.
+        concepts: concepts to score (default all ``sae.n_concepts``).
+        batch_size: images per forward pass; memory is about
+            ``batch_size × len(concepts) × h × w`` floats.
+        max_images: stop after this many images.
+
+    Returns:
+        A `TopImages` with (C, n) scores and image positions.
+    """
+    source = as_source(images)
+    index = (
+        torch.arange(sae.n_concepts)
+        if concepts is None
+        else torch.as_tensor(concepts).long().reshape(-1)
+    )
+    n_c = index.numel()
+    values = torch.full((n_c, n), -np.inf)
+    positions = torch.full((n_c, n), -1, dtype=torch.long)
+    mass = torch.zeros(n_c, dtype=torch.float64)
+    fired_images = torch.zeros(n_c, dtype=torch.float64)
+    fired_patches = torch.zeros(n_c, dtype=torch.float64)
+    seen, grid = 0, (0, 0)
+    total = source.length if max_images is None else min(max_images, source.length or max_images)
+    bar = tqdm(total=total, desc="top images", unit="img", disable=not progress)
+    try:
+        for start, got in iter_batches(source, batch_size):
+            keep = [i for i, im in enumerate(got) if im is not None]
+            if max_images is not None:
+                keep = keep[: max(0, max_images - seen)]
+            if not keep:
+                break
+            pixels = to_model_pixels(model, [got[i] for i in keep])
+            maps_BChw = concept_maps(
+                model, layer, sae, pixels, index, encode_options=encode_options
+            )
+            grid = (maps_BChw.shape[-2], maps_BChw.shape[-1])
+            maps_BChw = maps_BChw.cpu()
+            score_CB = maps_BChw.amax(dim=(2, 3)).T
+            mass += maps_BChw.double().sum(dim=(0, 2, 3))
+            fired_images += (score_CB > 0).double().sum(dim=1)
+            fired_patches += (maps_BChw != 0).double().sum(dim=(0, 2, 3))
+            where = torch.tensor([start + i for i in keep]).expand(n_c, -1)
+            values, pick = torch.cat([values, score_CB], dim=1).topk(n, dim=1)
+            positions = torch.cat([positions, where], dim=1).gather(1, pick)
+            seen += len(keep)
+            bar.update(len(keep))
+            if max_images is not None and seen >= max_images:
+                break
+    finally:
+        bar.close()
+    if seen == 0:
+        raise ValueError("no readable images: give a (N, C, H, W) tensor, a folder or PIL images.")
+    positions[values == -np.inf] = -1
+    return TopImages(
+        concepts=index,
+        values=values,
+        indices=positions,
+        mass=mass,
+        image_frequency=fired_images / seen,
+        patch_frequency=fired_patches / (seen * grid[0] * grid[1]),
+        n_images=seen,
+        grid=grid,
+    )
+
+
+@dataclass
+class ConceptTiles:
+    """What a plot of top images draws: per concept, its top images and heatmaps.
+
+    Attributes:
+        concepts: the C concepts drawn, in row order.
+        images: C lists of (H, W, 3) display arrays (up to n each).
+        heat: C lists of (H, W) heatmaps of the row's concept over those images.
+        scores: C lists of the images' max patch activations; ``image_index`` their positions.
+    """
+
+    concepts: list[int]
+    images: list[list[np.ndarray]]
+    heat: list[list[np.ndarray]]
+    scores: list[list[float]]
+    image_index: list[list[int]]
+
+
+@torch.no_grad()
+def concept_tiles(
+    model: Any,
+    layer: str | int,
+    sae: Any,
+    images: Any,
+    top: TopImages,
+    concepts: Sequence[int],
+    *,
+    n: int | None = None,
+    batch_size: int = 16,
+    encode_options: dict[str, Any] | None = None,
+) -> ConceptTiles:
+    """Recompute the heatmaps of ``concepts`` over their top images (only those images are
+    read again and encoded)."""
+    source = as_source(images)
+    concepts = [int(c) for c in concepts]
+    rows = [top.row(c) for c in concepts]
+    n = top.indices.shape[1] if n is None else min(n, top.indices.shape[1])
+    wanted = sorted({int(i) for r in rows for i in top.indices[r, :n] if int(i) >= 0})
+    at = {img: j for j, img in enumerate(wanted)}
+    shown: list[np.ndarray] = []
+    maps: list[Tensor] = []
+    for s in range(0, len(wanted), batch_size):
+        items = read_items(source, wanted[s : s + batch_size])
+        pixels = to_model_pixels(model, items)
+        size = (pixels.shape[-2], pixels.shape[-1])
+        got = concept_maps(model, layer, sae, pixels, concepts, encode_options=encode_options)
+        maps.append(upsample(got.float().cpu(), size).clamp_min(0))
+        shown += [display_image(im, size) for im in items]
+    heat_UCHW = torch.cat(maps) if maps else torch.zeros(0)
+    tiles = ConceptTiles(concepts, [], [], [], [])
+    for c_pos, r in enumerate(rows):
+        imgs = [int(i) for i in top.indices[r, :n] if int(i) >= 0]
+        tiles.images.append([shown[at[i]] for i in imgs])
+        tiles.heat.append([heat_UCHW[at[i], c_pos].numpy() for i in imgs])
+        tiles.scores.append([float(v) for v in top.values[r, : len(imgs)]])
+        tiles.image_index.append(imgs)
+    return tiles
