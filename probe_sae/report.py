@@ -27,6 +27,7 @@ import datetime as _dt
 import html
 import io
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,6 +162,28 @@ def _layer(entry: _Entry, layer: str | int | None) -> str | int:
     return found
 
 
+def _eval_stream(
+    model: Any, source: ImageSource, layer: str | int, tokens: Any, image_batch_size: int
+) -> Any:
+    """A stream over every token of ``source`` at ``layer``, in order (with token positions).
+
+    Batches hold whole images (``g`` images, ``g`` dividing the image count), so the stream,
+    which drops a last partial batch, drops nothing.
+    """
+    from probe_sae.data.stream import ActivationStream
+
+    def stream(batch_size: int) -> ActivationStream:
+        return ActivationStream(
+            model, source, layer, tokens=tokens, batch_size=batch_size,
+            buffer_tokens=batch_size, image_batch_size=image_batch_size, provenance=True,
+        )  # fmt: skip
+
+    per_image = stream(1).tokens_per_image()
+    n = source.length
+    group = math.gcd(n, 16) if n else 1
+    return stream(per_image * group)
+
+
 # ----------------------------------------------------------------------------- rendering
 def figure_to_data_uri(fig: Any, dpi: int = 80, colours: int | None = 256) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI.
@@ -293,7 +316,6 @@ def write_report(
     """
     import matplotlib  # noqa: F401  (fail early, before any work, if matplotlib is missing)
 
-    from probe_sae.data.stream import ActivationStream
     from probe_sae.metrics import evaluate
     from probe_sae.plotting import (
         draw_atlas,
@@ -335,16 +357,7 @@ def write_report(
         if entry.name in reports:
             rep = reports[entry.name]
         else:
-            stream = ActivationStream(
-                vm,
-                source,
-                where,
-                tokens=tokens,
-                batch_size=2048,
-                buffer_tokens=8192,
-                image_batch_size=image_batch_size,
-                provenance=True,
-            )
+            stream = _eval_stream(vm, source, where, tokens, image_batch_size)
             rep = evaluate(sae, stream, layout=vm.layout, progress=progress)
         evaluated[entry.name] = rep
         parts = [
