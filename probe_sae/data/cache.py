@@ -127,6 +127,8 @@ def write_cache(
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a cache folder written by :func:`write_cache` (layers, widths,
+    shards, token counts, metadata); raises when the folder is not a complete cache."""
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(

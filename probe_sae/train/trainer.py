@@ -102,6 +102,17 @@ class SAETarget:
 
 @dataclass
 class TrainResult:
+    """What a training run returns.
+
+    Attributes:
+        saes: the trained SAEs by run name (the family names for ``train_sae``).
+        metrics: the training log, one dict per SAE every ``log_every`` steps (``step``,
+            ``tokens``, ``name``, ``fvu``, ``l0``, ``dead_fraction``, ``lr``, ...).
+        steps, tokens: optimizer steps taken and tokens seen.
+        nonfinite_tokens: per layer, tokens skipped because they were not finite.
+        checkpoint: the latest checkpoint folder, when the run wrote checkpoints.
+    """
+
     saes: dict[str, SAE]
     metrics: list[dict[str, Any]]
     steps: int
