@@ -36,48 +36,65 @@ def _images(n: int) -> torch.Tensor:
     return torch.rand(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def throughput(layer: str, n_images: int) -> dict:
+def throughput(layer: str, n_images: int, repeats: int = 3) -> dict:
+    """Capture-only and capture + training rates, measured alternately ``repeats`` times (this
+    VM's speed drifts by ±10 % over minutes); the cost is the median of the paired ratios."""
+    import statistics
+
     from probe_sae import ActivationStream, train_sae
     from probe_sae.hooks import capture
 
     torch.set_num_threads(2)
     model, images = _model(), _images(n_images)
     capture(model, images[:8], layer)  # warm-up
-    t0 = time.perf_counter()
-    n_tok = 0
-    for i in range(0, n_images, 32):
-        n_tok += capture(model, images[i : i + 32], layer)[layer].acts.shape[0]
-    capture_rate = n_tok / (time.perf_counter() - t0)
 
-    stream = ActivationStream(
-        model, images, layer, batch_size=1024, buffer_tokens=16384, image_batch_size=32
-    )
-    t0, n_tok = time.perf_counter(), 0
-    while (b := stream.next_batch()) is not None:
-        n_tok += b[layer].shape[0]
-    stream_rate = n_tok / (time.perf_counter() - t0)
+    def capture_rate() -> float:
+        t0, n_tok = time.perf_counter(), 0
+        for i in range(0, n_images, 32):
+            n_tok += capture(model, images[i : i + 32], layer)[layer].acts.shape[0]
+        return n_tok / (time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    result = train_sae(
-        model,
-        layer,
-        images,
-        sae="topk",
-        expansion=8,
-        k=32,
-        batch_size=1024,
-        buffer_tokens=16384,
-        image_batch_size=32,
-        progress=False,
-        init_tokens=4096,
-    )
-    train_rate = result.tokens / (time.perf_counter() - t0)
+    def stream_rate() -> float:
+        stream = ActivationStream(
+            model, images, layer, batch_size=1024, buffer_tokens=16384, image_batch_size=32
+        )
+        t0, n_tok = time.perf_counter(), 0
+        while (b := stream.next_batch()) is not None:
+            n_tok += b[layer].shape[0]
+        return n_tok / (time.perf_counter() - t0)
+
+    def train_rate() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        result = train_sae(
+            model,
+            layer,
+            images,
+            sae="topk",
+            expansion=8,
+            k=32,
+            batch_size=1024,
+            buffer_tokens=16384,
+            image_batch_size=32,
+            progress=False,
+            init_tokens=4096,
+        )
+        return result.tokens / (time.perf_counter() - t0), result.metrics[-1]["fvu"]
+
+    captures, streams, trains, ratios, fvu = [], [], [], [], 0.0
+    for _ in range(repeats):
+        captures.append(capture_rate())
+        streams.append(stream_rate())
+        rate, fvu = train_rate()
+        trains.append(rate)
+        ratios.append(captures[-1] / rate)
     return {
         "layer": layer,
-        "capture": capture_rate,
-        "stream": stream_rate,
-        "train": train_rate,
-        "fvu": result.metrics[-1]["fvu"],
+        "capture": statistics.median(captures),
+        "stream": statistics.median(streams),
+        "train": statistics.median(trains),
+        "cost": statistics.median(ratios) - 1,
+        "costs": [r - 1 for r in ratios],
+        "fvu": fvu,
     }
 
 
@@ -153,15 +170,16 @@ def main() -> None:
         "",
         f"Machine: {machine()}.",
         "",
-        "Command: `python benchmarks/bench_stream.py --write`",
+        f"Command: `python benchmarks/bench_stream.py --write --images {args.images} "
+        f"--memory-images {args.memory_images}`",
         "",
-        "| layer | capture only (tok/s) | stream (tok/s) | capture + TopK training (tok/s) | training cost on top of capture |",
+        "| layer | capture only (tok/s) | stream (tok/s) | capture + TopK training (tok/s) | training cost on top of capture, median (each run, %) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['capture']:,.0f} | {r['stream']:,.0f} | {r['train']:,.0f} | "
-            f"{100 * (r['capture'] / r['train'] - 1):.0f} % |"
+            f"{100 * r['cost']:.0f} % (runs: {', '.join(f'{100 * c:.0f}' for c in r['costs'])}) |"
         )
     lines += [
         "",

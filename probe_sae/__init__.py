@@ -27,6 +27,19 @@ from probe_sae.saes import (
 )
 from probe_sae.train import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult, train_sae
 
+_LAZY = {"plotting": "probe_sae.plotting", "write_report": "probe_sae.report"}
+
+
+def __getattr__(name: str):
+    """``probe_sae.plotting`` and ``probe_sae.write_report`` import matplotlib on first use only."""
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return module if name == "plotting" else getattr(module, name)
+    raise AttributeError(f"module 'probe_sae' has no attribute {name!r}")
+
+
 __all__ = [
     "MPSAE",
     "SAE",
@@ -65,6 +78,7 @@ __all__ = [
     "load_model",
     "load_organism",
     "load_sae",
+    "plotting",
     "register_loader",
     "splice",
     "spliced_fidelity",
@@ -72,5 +86,6 @@ __all__ = [
     "steering_sweep",
     "train_sae",
     "wrap",
+    "write_report",
     "write_cache",
 ]

@@ -27,7 +27,6 @@ import datetime as _dt
 import html
 import io
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,23 +164,13 @@ def _layer(entry: _Entry, layer: str | int | None) -> str | int:
 def _eval_stream(
     model: Any, source: ImageSource, layer: str | int, tokens: Any, image_batch_size: int
 ) -> Any:
-    """A stream over every token of ``source`` at ``layer``, in order (with token positions).
-
-    Batches hold whole images (``g`` images, ``g`` dividing the image count), so the stream,
-    which drops a last partial batch, drops nothing.
-    """
+    """A stream over every token of ``source`` at ``layer``, in order (with token positions)."""
     from probe_sae.data.stream import ActivationStream
 
-    def stream(batch_size: int) -> ActivationStream:
-        return ActivationStream(
-            model, source, layer, tokens=tokens, batch_size=batch_size,
-            buffer_tokens=batch_size, image_batch_size=image_batch_size, provenance=True,
-        )  # fmt: skip
-
-    per_image = stream(1).tokens_per_image()
-    n = source.length
-    group = math.gcd(n, 16) if n else 1
-    return stream(per_image * group)
+    return ActivationStream(
+        model, source, layer, tokens=tokens, batch_size=4096, buffer_tokens=4096,
+        image_batch_size=image_batch_size, provenance=True, drop_last=False,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -61,6 +61,20 @@ def test_stream_serves_every_token_once_per_epoch_matching_capture(vit, images):
     )
 
 
+def test_drop_last_false_serves_every_token_over_several_windows(vit, images):
+    for epochs in (1, 2):
+        stream = _stream(vit, images, drop_last=False, epochs=epochs)  # windows of 320 tokens
+        batches = _drain(stream)
+        sizes = [b["blocks.2"].shape[0] for b in batches]
+        assert sum(sizes) == epochs * 60 * 21
+        assert sizes.count(32) == len(sizes) - epochs  # one partial batch per epoch
+        pairs = list(
+            zip(torch.cat([b["image_index"] for b in batches]).tolist(),
+                torch.cat([b["token_index"] for b in batches]).tolist(), strict=True)
+        )
+        assert len(set(pairs)) == 60 * 21  # each (image, token) once per epoch
+
+
 def test_tokens_of_one_image_do_not_arrive_together(vit, images):
     batches = _drain(_stream(vit, images))
     for b in batches:

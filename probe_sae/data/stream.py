@@ -45,6 +45,8 @@ class ActivationStream:
         shuffle_images: visit images in a new seeded order each epoch.
         provenance: add ``"image_index"`` (position in the image source) and ``"token_index"``
             (position in the layer's token axis) to every batch.
+        drop_last: drop each epoch's last partial batch (training: every step has
+            ``batch_size`` tokens); ``False`` yields it too, so evaluation sees every token.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ActivationStream:
         shuffle_images: bool = False,
         seed: int = 0,
         provenance: bool = False,
+        drop_last: bool = True,
     ) -> None:
         from probe_sae.hooks import capture  # models sit to the left of data in the layout
 
@@ -90,6 +93,7 @@ class ActivationStream:
             )
         self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, int(seed)
         self.provenance = provenance
+        self.drop_last = bool(drop_last)
         # position: the current window's start and the next batch within it
         self.epoch = self.window = self.cursor = self.offset = self.batch_index = 0
         self._pool: dict[str, Tensor] | None = None
@@ -149,7 +153,9 @@ class ActivationStream:
                 self._fill()
             n_pool = next(iter(self._pool.values())).shape[0]
             lo = self.batch_index * self.batch_size
-            if lo + self.batch_size <= n_pool:
+            if lo + self.batch_size <= n_pool or (
+                not self.drop_last and self._last_window and lo < n_pool
+            ):
                 self.batch_index += 1
                 return {k: v[lo : lo + self.batch_size] for k, v in self._pool.items()}
             self._advance()

@@ -11,6 +11,7 @@ current location. When the block ends, normally or by an exception, nnsight's
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +44,10 @@ def envoy_at(root: Envoy, name: str) -> Envoy:
     return envoy
 
 
+#: the collector generation that frees an early stop's cycles (see `_collect_stop_garbage`)
+GC_GENERATION = 1
+
+
 def run_traced(
     root: Envoy,
     fn: Callable[..., Any],
@@ -55,6 +60,15 @@ def run_traced(
     Returns ``(result, reads)``: ``result`` is what ``fn`` returned (``None`` when ``stop`` cut
     the forward after the last step) and ``reads`` maps each step's ``key`` to its ``read``.
     """
+    result, reads = _run(root, fn, inputs, steps, stop)
+    if stop and steps:
+        _collect_stop_garbage()  # after _run's frame (and the tracer it held) is gone
+    return result, reads
+
+
+def _run(
+    root: Envoy, fn: Callable[..., Any], inputs: Any, steps: Sequence[Step], stop: bool
+) -> tuple[Any, dict[str, Any]]:
     reads: dict[str, Any] = {}
     with root.trace(inputs, fn=fn) as tracer:
         for step in steps:
@@ -71,6 +85,19 @@ def run_traced(
             tracer.stop()
         reads["__result__"] = tracer.result
     return reads.pop("__result__", None), reads
+
+
+def _collect_stop_garbage() -> None:
+    """Free what an early stop leaves in reference cycles.
+
+    nnsight stops a forward by raising an exception through the model; the exception's
+    traceback holds the model's frames (with the batch's activations) in a reference cycle
+    that only the cyclic garbage collector frees. Left to the automatic collector, a
+    streaming run holds hundreds of MB of dead activations between full collections (its
+    peak memory then grows with the run). The cycle is young, so collecting the young
+    generations right away frees it at little cost.
+    """
+    gc.collect(GC_GENERATION)
 
 
 def trace_state_clean(root: Envoy) -> bool:
