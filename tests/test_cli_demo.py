@@ -14,12 +14,7 @@ from probe_sae.demo import auc_per_column, run_demo
 SUBCOMMANDS = ["layers", "train", "eval", "report", "bench", "demo"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

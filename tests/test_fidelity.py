@@ -10,13 +10,7 @@ from probe_sae.data.synthetic import generate
 from probe_sae.metrics import FidelityReport, logit_kl, spliced_fidelity
 from probe_sae.saes import ReLUSAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ LAYER = "blocks.1"
 FAMILIES = ["relu", "topk", "batchtopk", "jumprelu", "mp", "asae", "rasae"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine spin against each other (10-100× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(sae, acts, steps: int = 30, lr: float = 3e-3):
