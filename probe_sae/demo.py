@@ -286,6 +286,7 @@ def _write_report(result: DemoResult, model: Any, images: Tensor) -> Path:
         result.out_dir / "report.html",
         model=model,
         title="probe_sae demo: SAEs on the model organism",
+        rank="max",  # object-specific concepts peak highest; "mass" favours broad background ones
         extra_sections=[
             ("Demo summary", summary + table),
             ("Steering experiment", steering),
