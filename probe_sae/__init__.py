@@ -86,6 +86,6 @@ __all__ = [
     "steering_sweep",
     "train_sae",
     "wrap",
-    "write_report",
     "write_cache",
+    "write_report",
 ]
