@@ -216,13 +216,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from probe_sae.report import write_report
 
-    saes = {Path(f).name: f for f in args.sae_dirs}
-    loaded = _load_saes(args.sae_dirs)
-    model = _model_for(loaded, args.model)
-    for sae in loaded.values():
+    from probe_sae.train.trainer import TRAINING_LOG
+
+    saes = _load_saes(args.sae_dirs)
+    model = _model_for(saes, args.model)
+    for sae in saes.values():
         _layer_for(model, sae, None)
+    logs = {
+        name: Path(folder) / TRAINING_LOG
+        for name, folder in zip(saes, args.sae_dirs, strict=True)
+        if (Path(folder) / TRAINING_LOG).is_file()
+    }
     images = parse_images(args.images)
-    path = write_report(saes, images.source, args.out, model=model)
+    path = write_report(saes, images.source, args.out, model=model, training_logs=logs)
     print(f"report written to {Path(path).resolve()}")
     return 0
 

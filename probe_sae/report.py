@@ -38,9 +38,7 @@ from tqdm.auto import tqdm
 from probe_sae._atomic import atomic_write
 from probe_sae.data.images import ImageSource
 from probe_sae.saes import SAE, load_sae
-
-#: the metrics log `TrainResult.save` writes next to each SAE
-TRAINING_LOG = "training_log.json"
+from probe_sae.train.trainer import TRAINING_LOG  # the metrics log saved next to each SAE
 
 #: section content: trusted HTML (inserted as is), a matplotlib ``Figure``, or a list of them
 SectionContent = Any

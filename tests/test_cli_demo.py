@@ -94,6 +94,7 @@ def test_train_eval_report_round_trip(tmp_path, capsys):
     text = html_path.read_text()
     assert text.count("data:image/png;base64,") >= 4
     assert "topk" in text and "rasae" in text
+    assert "No training_log.json" not in text  # the curves of both SAEs were found
 
 
 def test_auc_per_column_matches_the_pairwise_definition():
