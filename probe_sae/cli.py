@@ -215,7 +215,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from probe_sae.report import write_report
-
     from probe_sae.train.trainer import TRAINING_LOG
 
     saes = _load_saes(args.sae_dirs)
