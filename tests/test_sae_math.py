@@ -20,6 +20,7 @@ from probe_sae import (
 )
 from probe_sae.saes.jumprelu import jumprelu, step
 from probe_sae.saes.reference import dense_decode, dense_topk, naive_matching_pursuit
+from probe_sae.saes.sparse import SparseCodes, selected_linear
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -136,6 +137,47 @@ def test_topk_sparse_decode_equals_dense_reference_in_value_and_gradient():
         torch.testing.assert_close(fast[name], p.grad, rtol=0, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_topk_block_selection_equals_dense_reference_in_value_and_gradient(k):
+    """Wide enough (1024 concepts) that the selection takes the block-maximum prefilter."""
+    sae = TopKSAE(24, 1024, k=k).double()
+    _randomise(sae, seed=3)
+    x = torch.randn(64, 24, generator=_gen(4), dtype=torch.float64)
+    weights = torch.randn(64, 24, generator=_gen(5), dtype=torch.float64)
+    out = sae(x)
+    (out.x_hat * weights).sum().backward()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    codes = dense_topk(x - sae.b_pre, sae.W_enc, sae.b_enc, k)
+    (dense_decode(codes, sae.decoder.weight, sae.b_pre) * weights).sum().backward()
+    torch.testing.assert_close(out.codes, codes, rtol=0, atol=1e-12)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, rtol=0, atol=1e-10, msg=name)
+
+
+def test_selected_linear_gradients_equal_the_dense_affine_map():
+    """Values of (x - center) W^T + b at chosen entries: gradients for W, b, center and x."""
+    g = _gen(11)
+    x = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(40, generator=g, dtype=torch.float64, requires_grad=True)
+    center = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 40, (10, 3), generator=g)
+    dense = (x - center) @ w.T + b
+    chosen = SparseCodes.from_fixed(dense.detach().gather(1, idx), idx, 40)
+    weights = torch.randn(30, generator=g, dtype=torch.float64)
+    for with_x_grad in (True, False):
+        x.requires_grad_(with_x_grad)
+        params = [w, b, center] + ([x] if with_x_grad else [])
+        fast = torch.autograd.grad(
+            (selected_linear(x, w, b, chosen, center_D=center) * weights).sum(), params
+        )
+        dense = (x - center) @ w.T + b
+        slow = torch.autograd.grad((dense.gather(1, idx).reshape(-1) * weights).sum(), params)
+        for a, e in zip(fast, slow, strict=True):
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
 def test_topk_gradients_touch_only_selected_latents():
     torch.manual_seed(0)
     sae = TopKSAE(16, 200, k=3)
@@ -162,9 +204,9 @@ def test_topk_auxk_loss_trains_only_dead_latents():
     out = sae(x, dead_mask=dead)
     assert "auxk" in out.terms and out.terms["auxk"] > 0
     sae.zero_grad()
-    x_c = x - sae.b_pre
     residual = (x - sae(x).x_hat).detach()
-    sae._auxk_loss(x_c, sae.pre_activations(x_c).detach(), residual, dead).backward()
+    pre = sae.pre_activations(x - sae.b_pre).detach()
+    sae._auxk_loss(x, pre, residual, dead).backward()
     grad_rows = sae.W_enc.grad.abs().sum(dim=1) > 0
     assert grad_rows[dead].any() and not grad_rows[~dead].any()
 

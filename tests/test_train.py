@@ -197,3 +197,21 @@ def test_geometric_median_is_robust_and_minimises_distance_sum():
     cost = lambda p: (x - p).norm(dim=1).sum()  # noqa: E731
     for _ in range(20):
         assert cost(m) <= cost(m + 0.01 * torch.randn(3, generator=g, dtype=torch.float64))
+
+
+def test_clip_grad_norm_scales_like_torch_and_leaves_small_gradients_alone():
+    from probe_sae.train.trainer import clip_grad_norm
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(5, 3)), torch.nn.Parameter(torch.zeros(7))]
+    for scale, clipped in ((10.0, True), (0.01, False)):
+        grads = [scale * torch.randn(p.shape, generator=g) for p in params]
+        twins = [torch.nn.Parameter(torch.zeros_like(p)) for p in params]
+        for p, t, gr in zip(params, twins, grads, strict=True):
+            p.grad, t.grad = gr.clone(), gr.clone()
+        norm = clip_grad_norm(params, 1.0)
+        expected = torch.nn.utils.clip_grad_norm_(twins, 1.0)
+        assert norm == pytest.approx(float(expected), rel=1e-6)
+        for p, t, gr in zip(params, twins, grads, strict=True):
+            torch.testing.assert_close(p.grad, t.grad, rtol=1e-6, atol=0)
+            assert torch.equal(p.grad, gr) != clipped

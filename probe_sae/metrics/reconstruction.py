@@ -30,11 +30,15 @@ class ReconstructionStats:
             raise ValueError(
                 f"x and x_hat must both be (N, d), got {tuple(x.shape)} and {tuple(x_hat.shape)}"
             )
-        x64, xh64 = x.detach().double(), x_hat.detach().double()
+        x, x_hat = x.detach(), x_hat.detach()
         self.n_tokens += x.shape[0]
-        self.sq_error += float((x64 - xh64).pow(2).sum())
-        self.sq_norm += float(x64.pow(2).sum())
-        batch_sum = x64.sum(dim=0).cpu()
+        if x.dtype == torch.float64 and x_hat.dtype == torch.float64:
+            diff = x - x_hat
+        else:  # the difference in float64 without a float64 copy of both inputs
+            diff = x.double().sub_(x_hat)
+        self.sq_error += float(torch.linalg.vecdot(diff.view(-1), diff.view(-1)))
+        self.sq_norm += float(torch.linalg.vector_norm(x, dtype=torch.float64).square())
+        batch_sum = x.sum(dim=0, dtype=torch.float64).cpu()
         self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
 
     @property

@@ -90,8 +90,9 @@ class FreeDictionary(Dictionary):
         if not self.unit_norm or self.weight.grad is None:
             return
         w, g = self.weight, self.weight.grad
-        unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        g.sub_((g * unit).sum(dim=1, keepdim=True) * unit)
+        # g -= (g·u) u with u = w/‖w‖, i.e. g -= (g·w / ‖w‖²) w, in place without temporaries
+        coef = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
+        g.addcmul_(w, coef.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def apply_constraints(self) -> None:

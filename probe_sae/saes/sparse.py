@@ -102,31 +102,37 @@ def sparse_decode(codes: SparseCodes, atoms_CD: Tensor) -> Tensor:
 
 
 class _SelectedLinear(torch.autograd.Function):
-    """Entries ``pre[i, c] = x[i] · W[c] + b[c]`` of a linear map at chosen (token, concept) pairs.
+    """Entries ``pre[i, c] = (x[i] - center) · W[c] + b[c]`` of an affine map at chosen
+    (token, concept) pairs.
 
     The forward receives those entries already computed (the dense pre-activations are
     needed anyway to choose them); the backward is sparse: O(E·d) for E entries instead of
-    the O(N·n_concepts·d) of a dense linear layer's backward.
+    the O(N·n_concepts·d) of a dense linear layer's backward. The gradient of ``center`` (an
+    SAE's pre-bias) is ``-g_C @ W`` with ``g_C`` the gradient summed per concept, so it needs
+    no per-token gradient of the input when the input itself is data.
     """
 
     @staticmethod
-    def forward(ctx, x_ND, weight_CD, bias_C, indices_E, offsets_N, tokens_E, selected_E):  # type: ignore[override]
-        ctx.save_for_backward(x_ND, weight_CD, indices_E, offsets_N, tokens_E)
+    def forward(ctx, x_ND, center_D, weight_CD, bias_C, indices_E, offsets_N, tokens_E, selected_E):  # type: ignore[override]
+        ctx.save_for_backward(x_ND, center_D, weight_CD, indices_E, offsets_N, tokens_E)
         ctx.has_bias = bias_C is not None
         return selected_E.clone()
 
     @staticmethod
     def backward(ctx, grad_E):  # type: ignore[override]
-        x_ND, weight_CD, indices_E, offsets_N, tokens_E = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        x_ND, center_D, weight_CD, indices_E, offsets_N, tokens_E = ctx.saved_tensors
+        grad_x = grad_center = grad_w = grad_b = None
+        n_concepts = weight_CD.shape[0]
+        grad_C = grad_E.new_zeros(n_concepts).index_add_(0, indices_E, grad_E)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(
                 indices_E, weight_CD, offsets_N, mode="sum", per_sample_weights=grad_E
             )
         if ctx.needs_input_grad[1]:
-            # grad_W[c] = Σ_{entries e of concept c} grad[e] · x[token(e)]: an embedding bag
-            # over the tokens, with entries grouped by concept.
-            n_concepts = weight_CD.shape[0]
+            grad_center = -(grad_x.sum(0) if grad_x is not None else grad_C @ weight_CD)
+        if ctx.needs_input_grad[2]:
+            # grad_W[c] = Σ_{entries e of concept c} grad[e] · (x[token(e)] - center): an
+            # embedding bag over the tokens, with entries grouped by concept.
             order = torch.argsort(indices_E)
             counts = torch.bincount(indices_E, minlength=n_concepts)
             grad_w = F.embedding_bag(
@@ -136,20 +142,34 @@ class _SelectedLinear(torch.autograd.Function):
                 mode="sum",
                 per_sample_weights=grad_E[order],
             )
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_E.new_zeros(weight_CD.shape[0]).index_add_(0, indices_E, grad_E)
-        return grad_x, grad_w, grad_b, None, None, None, None
+            grad_w.sub_(torch.outer(grad_C, center_D))
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = grad_C
+        return grad_x, grad_center, grad_w, grad_b, None, None, None, None
 
 
 def selected_linear(
-    x_ND: Tensor, weight_CD: Tensor, bias_C: Tensor | None, chosen: SparseCodes
+    x_ND: Tensor,
+    weight_CD: Tensor,
+    bias_C: Tensor | None,
+    chosen: SparseCodes,
+    center_D: Tensor | None = None,
 ) -> Tensor:
-    """Differentiable values of ``x @ weight.T + bias`` at the entries of ``chosen``.
+    """Differentiable values of ``(x - center) @ weight.T + bias`` at the entries of ``chosen``.
 
     ``chosen.values`` must already hold those values (computed without gradient, when the
     entries were picked from the dense pre-activations); returns them as an (E,) tensor
-    whose backward is sparse.
+    whose backward is sparse. ``center`` (default 0) is typically the SAE's pre-bias.
     """
+    if center_D is None:
+        center_D = x_ND.new_zeros(x_ND.shape[1])
     return _SelectedLinear.apply(
-        x_ND, weight_CD, bias_C, chosen.indices, chosen.offsets, chosen.token_ids(), chosen.values
+        x_ND,
+        center_D,
+        weight_CD,
+        bias_C,
+        chosen.indices,
+        chosen.offsets,
+        chosen.token_ids(),
+        chosen.values,
     )

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
 from probe_sae.saes.dictionary import Dictionary
+from probe_sae.saes.selection import row_topk
 from probe_sae.saes.sparse import SparseCodes, selected_linear
 
 
@@ -41,11 +42,18 @@ class TopKSAE(LinearEncoderSAE):
         self.aux_k = int(aux_k) if aux_k is not None else min(n_concepts, max(d_model // 2, 1))
         self.aux_coeff = float(aux_coeff)
 
-    def _select(self, x_c: Tensor, pre: Tensor, k: int) -> SparseCodes:
-        """Differentiable ReLU of the top-k entries of ``pre`` (computed without gradient)."""
-        values, indices = pre.topk(k, dim=1, sorted=False)
+    def _select(
+        self, x: Tensor, pre: Tensor, k: int, center: Tensor | None = None
+    ) -> SparseCodes:
+        """Differentiable ReLU of the top-k entries of ``pre`` (computed without gradient).
+
+        ``pre`` was computed from ``x - center``.
+        """
+        values, indices = row_topk(pre, k)
         chosen = SparseCodes.from_fixed(values, indices, self.n_concepts)
-        chosen.values = torch.relu(selected_linear(x_c, self.W_enc, self.b_enc, chosen))
+        chosen.values = torch.relu(
+            selected_linear(x, self.W_enc, self.b_enc, chosen, center_D=center)
+        )
         return chosen
 
     def _encode(self, x_c: Tensor) -> SparseCodes:
@@ -54,24 +62,23 @@ class TopKSAE(LinearEncoderSAE):
         return self._select(x_c, pre, self.k)
 
     def _forward(self, x_n: Tensor, *, dead_mask: Tensor | None) -> SAEOutput:
-        x_c = x_n - self.b_pre
         with torch.no_grad():
-            pre = self.pre_activations(x_c)
-        codes = self._select(x_c, pre, self.k)
+            pre = self.pre_activations(x_n - self.b_pre)
+        codes = self._select(x_n, pre, self.k, center=self.b_pre)
         x_hat = self.decoder.decode_sparse(codes) + self.b_pre
         rec = mse(x_hat, x_n)
         loss, terms = rec, {"mse": rec.detach()}
         if dead_mask is not None and self.aux_coeff > 0 and bool(dead_mask.any()):
-            aux = self._auxk_loss(x_c, pre, x_n - x_hat.detach(), dead_mask)
+            aux = self._auxk_loss(x_n, pre, x_n - x_hat.detach(), dead_mask)
             loss = loss + self.aux_coeff * aux
             terms["auxk"] = aux.detach()
         return SAEOutput(x_hat, loss, terms, sparse_codes=codes)
 
-    def _auxk_loss(self, x_c: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
+    def _auxk_loss(self, x_n: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
         """Normalised MSE of reconstructing the residual from the top ``aux_k`` dead latents."""
         k_aux = min(self.aux_k, int(dead_mask.sum()))
         pre_dead = pre.masked_fill(~dead_mask.to(pre.device), float("-inf"))
-        codes = self._select(x_c, pre_dead, k_aux)
+        codes = self._select(x_n, pre_dead, k_aux, center=self.b_pre)
         residual_hat = self.decoder.decode_sparse(codes)
         return (residual_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
 

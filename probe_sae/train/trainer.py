@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -167,7 +168,7 @@ class _Run:
         out.loss.backward()
         self.sae.prepare_gradients()
         if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), grad_clip)
+            clip_grad_norm(self.sae.parameters(), grad_clip)
         self.optimizer.step()
         self.sae.apply_constraints()
         with torch.no_grad():
@@ -196,6 +197,25 @@ class _Run:
         }
         self._reset_interval()
         return row
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> float:
+    """Scale the gradients so that their joint L2 norm is at most ``max_norm``; returns the norm.
+
+    The same scaling as ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)``
+    when below 1), but the gradients are left untouched when no clipping is needed instead of
+    being multiplied by 1.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    total = float(torch.linalg.vector_norm(norms))
+    factor = max_norm / (total + 1e-6)
+    if factor < 1.0:
+        torch._foreach_mul_(grads, factor)
+    return total
 
 
 def _fused_supported(sae: SAE) -> bool:
