@@ -75,6 +75,23 @@ def test_drop_last_false_serves_every_token_over_several_windows(vit, images):
         assert len(set(pairs)) == 60 * 21  # each (image, token) once per epoch
 
 
+def test_each_image_is_captured_once_per_epoch_across_window_boundaries(vit, images):
+    """Windows of 300 tokens end inside image batches of 8; the next window must reuse that
+    batch's activations rather than run the model on its images again."""
+    stream = _stream(vit, images, epochs=2)
+    seen: list[int] = []
+
+    def counting_capture(model, pixels, *args):
+        seen.append(pixels.shape[0])
+        return capture(model, pixels, *args)
+
+    stream._capture = counting_capture
+    batches = _drain(stream)
+    assert stream.window == 0 and len(batches) > 2 * 60 * 21 // 320  # several windows per epoch
+    assert seen == ([8] * 7 + [4]) * 2  # aligned batches of 8; each epoch ends with the last 4
+    assert stream.images_read == 2 * 60
+
+
 def test_tokens_of_one_image_do_not_arrive_together(vit, images):
     batches = _drain(_stream(vit, images))
     for b in batches:

@@ -15,6 +15,7 @@ of the seed, the stream's position is a handful of integers: ``state_dict()`` /
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,18 @@ from torch import Tensor
 from probe_sae.data.images import image_source, to_batch
 
 _MIX = 1_000_003
+
+
+@dataclass
+class _Captured:
+    """One captured image batch: its readable images' tokens, per layer key."""
+
+    key: tuple[int, int]  # (epoch, position of its first image)
+    n_read: int  # images read, readable or not
+    positions: list[int]  # position of each readable image
+    per_image: dict[str, Tensor]  # layer key -> (n_readable, tokens per image, d)
+    tokens_per_image: int
+    token_index: Tensor | None  # (tokens per image,) position in the layer's token axis
 
 
 def _window_seed(seed: int, epoch: int, window: int) -> int:
@@ -99,6 +112,7 @@ class ActivationStream:
         self._pool: dict[str, Tensor] | None = None
         self._next_start: tuple[int, int] = (0, 0)
         self._last_window = False
+        self._carry: _Captured | None = None
         self.images_read = self.skipped_images = 0
 
     # ---------------------------------------------------------------- protocol
@@ -191,58 +205,77 @@ class ActivationStream:
         idx = order[start : start + count].tolist()
         return [self.source.read(i, 1)[0] for i in idx]
 
+    def _captured_batch(self, order: Tensor | None, position: int) -> _Captured | None:
+        """The image batch starting at ``position`` (a multiple of ``image_batch_size``),
+        captured, or taken from the batch the previous window stopped in."""
+        key = (self.epoch, position)
+        if self._carry is not None and self._carry.key == key:
+            return self._carry
+        images = self._read(order, position, self.image_batch_size)
+        if not images:
+            return None
+        readable = [(i, im) for i, im in enumerate(images) if im is not None]
+        self.skipped_images += len(images) - len(readable)
+        self.images_read += len(readable)
+        if not readable:
+            return _Captured(key, len(images), [], {}, 0, None)
+        pixels = to_batch([im for _, im in readable], self.model.preprocess)
+        captured = self._capture(self.model, pixels, list(self.layer_specs.values()), self.tokens)
+        first = captured[self._capture_key(self.layer_keys[0])]
+        return _Captured(
+            key,
+            len(images),
+            [position + i for i, _ in readable],
+            {k: captured[self._capture_key(k)].per_image() for k in self.layer_keys},
+            first.tokens_per_image,
+            first.token_index[: first.tokens_per_image],
+        )
+
     def _fill(self) -> None:
-        """Capture tokens from (cursor, offset) until the window is full or the images end."""
+        """Capture tokens from (cursor, offset) until the window is full or the images end.
+
+        Images are captured in batches aligned to multiples of ``image_batch_size`` (from the
+        start of the epoch), so a window that starts inside a batch is served from the
+        batch the previous window stopped in, and a resumed stream recomputes exactly that
+        batch: the same images in the same forward pass, hence the same activations.
+        """
         order = self._image_order()
         keys = (
             [*self.layer_keys, "image_index", "token_index"] if self.provenance else self.layer_keys
         )
         chunks: dict[str, list[Tensor]] = {k: [] for k in keys}
-        have, position, offset = 0, self.cursor, self.offset
+        have = 0
+        position = self.cursor - self.cursor % self.image_batch_size
         self._last_window = False
         while have < self.buffer_tokens:
-            images = self._read(order, position, self.image_batch_size)
-            if not images:
+            batch = self._captured_batch(order, position)
+            if batch is None:
                 self._last_window = True
                 break
-            readable = [(i, im) for i, im in enumerate(images) if im is not None]
-            self.skipped_images += len(images) - len(readable)
-            self.images_read += len(readable)
-            if not readable:
-                position += len(images)
-                continue
-            pixels = to_batch([im for _, im in readable], self.model.preprocess)
-            captured = self._capture(
-                self.model, pixels, list(self.layer_specs.values()), self.tokens
-            )
-            per_image = {k: captured[self._capture_key(k)].per_image() for k in self.layer_keys}
-            first = captured[self._capture_key(self.layer_keys[0])]
-            t_img = first.tokens_per_image
-            for row, (i, _) in enumerate(readable):
-                take_from = offset if i == 0 else 0
-                need = self.buffer_tokens - have
-                take = min(t_img - take_from, need)
+            t_img = batch.tokens_per_image
+            for row, image_pos in enumerate(batch.positions):
+                if image_pos < self.cursor:
+                    continue
+                take_from = self.offset if image_pos == self.cursor else 0
+                take = min(t_img - take_from, self.buffer_tokens - have)
                 for k in self.layer_keys:
-                    chunks[k].append(per_image[k][row, take_from : take_from + take])
+                    chunks[k].append(batch.per_image[k][row, take_from : take_from + take])
                 if self.provenance:
-                    image_id = position + i if order is None else int(order[position + i])
+                    image_id = image_pos if order is None else int(order[image_pos])
                     chunks["image_index"].append(torch.full((take,), image_id, dtype=torch.long))
-                    chunks["token_index"].append(
-                        first.token_index[:t_img][take_from : take_from + take]
-                    )
+                    chunks["token_index"].append(batch.token_index[take_from : take_from + take])
                 have += take
                 if have >= self.buffer_tokens:
                     done = take_from + take
-                    self._next_start = (
-                        (position + i, done) if done < t_img else (position + i + 1, 0)
-                    )
+                    self._next_start = (image_pos, done) if done < t_img else (image_pos + 1, 0)
                     break
             else:
-                position, offset = position + len(images), 0
+                position += batch.n_read
                 continue
+            self._carry = batch
             break
         if self._last_window:
-            self._next_start = (position, 0)
+            self._next_start, self._carry = (position, 0), None
         gen = torch.Generator().manual_seed(_window_seed(self.seed, self.epoch, self.window))
         pool = {
             k: torch.cat(v) if v else torch.empty(0, self._widths.get(k, 0))

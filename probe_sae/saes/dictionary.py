@@ -91,7 +91,7 @@ class FreeDictionary(Dictionary):
             return
         w, g = self.weight, self.weight.grad
         # g -= (g·u) u with u = w/‖w‖, i.e. g -= (g·w / ‖w‖²) w, in place without temporaries
-        coef = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(1e-24)
+        coef = torch.linalg.vecdot(g, w) / torch.linalg.vector_norm(w, dim=1).square().clamp_min(1e-24)
         g.addcmul_(w, coef.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()

@@ -137,12 +137,11 @@ class _SelectedLinear(torch.autograd.Function):
             counts = torch.bincount(indices_E, minlength=n_concepts)
             grad_w = F.embedding_bag(
                 tokens_E[order],
-                x_ND,
+                x_ND - center_D,
                 torch.cumsum(counts, 0) - counts,
                 mode="sum",
                 per_sample_weights=grad_E[order],
             )
-            grad_w.sub_(torch.outer(grad_C, center_D))
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_C
         return grad_x, grad_center, grad_w, grad_b, None, None, None, None
