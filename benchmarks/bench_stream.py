@@ -6,8 +6,11 @@
 Model: open_clip ViT-B-32 (random weights; d = 768, 50 tokens per 224² image), all tokens.
 Throughput: tokens/s of (a) `capture()` alone over image batches, (b) the `ActivationStream`
 (capture + shuffle window), (c) `train_sae` with a TopK SAE of 8 × 768 = 6144 concepts, k = 32,
-batches of 1024 tokens, on the same images and layer. Memory: peak RSS of a whole streaming
-training run (own process) with N and 10·N images.
+batches of 1024 tokens, on the same images and layer. Each layer is measured in its own process
+twice: with probe_sae's malloc settings (`tune_cpu_allocator`, what the stream and trainer apply
+on CPU) and with glibc's defaults (`PROBE_SAE_MALLOC_TUNING=0`); within a process all three
+modes run under the same setting. Memory: peak RSS of a whole streaming training run (own
+process) with N and 10·N images.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ def throughput(layer: str, n_images: int, repeats: int = 3) -> dict:
     VM's speed drifts by ±10 % over minutes); the cost is the median of the paired ratios."""
     import statistics
 
-    from probe_sae import ActivationStream, train_sae
+    from probe_sae import ActivationStream, train_sae, tune_cpu_allocator
     from probe_sae.hooks import capture
 
+    tuned = tune_cpu_allocator()  # before any measurement, so that all three modes share it
     torch.set_num_threads(2)
     model, images = _model(), _images(n_images)
     capture(model, images[:8], layer)  # warm-up
@@ -89,6 +93,7 @@ def throughput(layer: str, n_images: int, repeats: int = 3) -> dict:
         ratios.append(captures[-1] / rate)
     return {
         "layer": layer,
+        "allocator": "tuned" if tuned else "glibc defaults",
         "capture": statistics.median(captures),
         "stream": statistics.median(streams),
         "train": statistics.median(trains),
@@ -137,9 +142,12 @@ class _ImageList(torch.utils.data.Dataset):
         return torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(i))
 
 
-def _sub(kind: str, arg: str) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, arg]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+def _sub(kind: str, arg: str, images: int, tuning: str = "1") -> dict:
+    import os
+
+    cmd = [sys.executable, __file__, "--one", kind, arg, "--images", str(images)]
+    env = {**os.environ, "PROBE_SAE_MALLOC_TUNING": tuning}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -160,8 +168,14 @@ def main() -> None:
 
     from _report import machine, write_section
 
-    rows = [_sub("throughput", layer) for layer in ("blocks.11", "blocks.5")]
-    mem = [_sub("memory", str(n)) for n in (args.memory_images, 10 * args.memory_images)]
+    rows = [
+        _sub("throughput", layer, args.images, tuning)
+        for layer in ("blocks.11", "blocks.5")
+        for tuning in ("1", "0")
+    ]
+    mem = [
+        _sub("memory", str(n), args.images) for n in (args.memory_images, 10 * args.memory_images)
+    ]
     lines = [
         "## Streaming online training (CPU)",
         "",
@@ -173,12 +187,12 @@ def main() -> None:
         f"Command: `python benchmarks/bench_stream.py --write --images {args.images} "
         f"--memory-images {args.memory_images}`",
         "",
-        "| layer | capture only (tok/s) | stream (tok/s) | capture + TopK training (tok/s) | training cost on top of capture, median (each run, %) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| layer | malloc | capture only (tok/s) | stream (tok/s) | capture + TopK training (tok/s) | training cost on top of capture, median (each run, %) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['layer']} | {r['capture']:,.0f} | {r['stream']:,.0f} | {r['train']:,.0f} | "
+            f"| {r['layer']} | {r['allocator']} | {r['capture']:,.0f} | {r['stream']:,.0f} | {r['train']:,.0f} | "
             f"{100 * r['cost']:.0f} % (runs: {', '.join(f'{100 * c:.0f}' for c in r['costs'])}) |"
         )
     lines += [

@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 from probe_sae import hooks, interventions
+from probe_sae.allocator import tune_cpu_allocator
 from probe_sae.data import ActivationStream, CachedTokens, TensorTokenSource, write_cache
 from probe_sae.interventions import attribute, concept_maps, splice, steer, steering_sweep
 from probe_sae.metrics import EvalReport, FidelityReport, evaluate, spliced_fidelity
@@ -85,6 +86,7 @@ __all__ = [
     "steer",
     "steering_sweep",
     "train_sae",
+    "tune_cpu_allocator",
     "wrap",
     "write_cache",
     "write_report",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.data.images import image_source, to_batch
 
 _MIX = 1_000_003
@@ -78,6 +79,9 @@ class ActivationStream:
         drop_last: bool = True,
     ) -> None:
         from probe_sae.hooks import capture  # models sit to the left of data in the layout
+
+        if on_cpu(getattr(model, "device", None)):
+            tune_cpu_allocator()
 
         self._capture = capture
         self.model, self.source = model, image_source(images)

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe_sae._atomic import atomic_write
+from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.data.tokens import TokenSource
 from probe_sae.metrics.reconstruction import ReconstructionStats
 from probe_sae.saes import SAE, build_sae, kmeans, load_sae
@@ -376,6 +377,8 @@ class Trainer:
             self._restore(resume)
         else:
             self._initialise()
+        if any(on_cpu(r.sae.b_pre.device) for r in self.runs):
+            tune_cpu_allocator()
         cfg, total = self.config, self.total_steps
         bar = tqdm(
             total=total,
