@@ -153,6 +153,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         k=args.k,
         tokens=args.tokens,
         batch_size=args.batch_size,
+        num_workers=args.workers,
         epochs=args.epochs,
         max_steps=args.max_steps,
         seed=args.seed,
@@ -312,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=32, help="sparsity of the k-based families")
     p.add_argument("--tokens", default="all", help="all | cls | patches | registers")
     p.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes reading and preprocessing images ahead of the model "
+        "(default: up to 4 on a GPU, none on CPU)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="passes over the images")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")

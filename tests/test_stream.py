@@ -151,6 +151,70 @@ def test_image_folder_reads_recursively_and_skips_unreadable(tmp_path, vit):
     assert sum(b["blocks.1"].shape[0] for b in batches) == (6 * 21) // 16 * 16
 
 
+class _PidStampingImages(torch.utils.data.Dataset):
+    """PIL images that leave a file named after the process that read them."""
+
+    def __init__(self, n: int, stamps) -> None:
+        rng = np.random.default_rng(2)
+        self.pixels = [rng.integers(0, 255, (48, 56, 3), dtype=np.uint8) for _ in range(n)]
+        self.stamps = stamps
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, i):
+        import os
+
+        (self.stamps / str(os.getpid())).touch()
+        return Image.fromarray(self.pixels[i])
+
+
+def test_dataloader_workers_read_ahead_and_change_nothing(tmp_path, vit):
+    import os
+
+    rng = np.random.default_rng(3)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i:02}.png")
+    (tmp_path / "07.png").write_bytes(b"broken")
+
+    def make(workers):
+        return ActivationStream(
+            vit, str(tmp_path), "blocks.1", batch_size=16, buffer_tokens=100, image_batch_size=4,
+            epochs=2, shuffle_images=True, seed=1, num_workers=workers,
+        )
+
+    plain, ahead = make(0), make(2)
+    assert plain.num_workers == 0 and ahead.num_workers == 2
+    states, expected = [], []
+    while True:
+        states.append(plain.state_dict())
+        batch = plain.next_batch()
+        if batch is None:
+            break
+        expected.append(batch["blocks.1"])
+    got = [b["blocks.1"] for b in _drain(ahead)]
+    assert len(got) == len(expected) > 10
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert ahead.skipped_images == plain.skipped_images == 2  # the broken file, once per epoch
+    for i in (3, len(expected) // 2, len(expected) - 1):  # resume with workers
+        fresh = make(2)
+        fresh.load_state_dict(states[i])
+        assert torch.equal(fresh.next_batch()["blocks.1"], expected[i])
+
+    # the images really are read in other processes
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    stream = ActivationStream(
+        vit, _PidStampingImages(12, stamps), "blocks.1", batch_size=8, buffer_tokens=64,
+        image_batch_size=4, num_workers=2,
+    )
+    assert len(_drain(stream)) == 12 * 21 // 8
+    reader_pids = {p.name for p in stamps.iterdir()}
+    assert reader_pids and str(os.getpid()) not in reader_pids
+    # workers are not used where they cannot help
+    assert ActivationStream(vit, torch.rand(4, 3, 64, 64), "blocks.1", num_workers=2).num_workers == 0
+
+
 def test_iterables_of_pil_images_and_one_shot_iterators(vit):
     rng = np.random.default_rng(1)
     pics = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.data.images import image_source, to_batch
+from probe_sae.data.loader import PrefetchingReader, resolve_workers
 
 _MIX = 1_000_003
 
@@ -61,6 +62,9 @@ class ActivationStream:
             (position in the layer's token axis) to every batch.
         drop_last: drop each epoch's last partial batch (training: every step has
             ``batch_size`` tokens); ``False`` yields it too, so evaluation sees every token.
+        num_workers: DataLoader worker processes that read and preprocess the next image
+            batches while the model runs (folders and Datasets). Default ``None``: up to 4
+            when the model is on a GPU, none on CPU, where they would take its cores.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class ActivationStream:
         seed: int = 0,
         provenance: bool = False,
         drop_last: bool = True,
+        num_workers: int | None = None,
     ) -> None:
         from probe_sae.hooks import capture  # models sit to the left of data in the layout
 
@@ -111,6 +116,16 @@ class ActivationStream:
         self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, int(seed)
         self.provenance = provenance
         self.drop_last = bool(drop_last)
+        self.num_workers = resolve_workers(
+            num_workers, self.source, not on_cpu(getattr(model, "device", None))
+        )
+        self._reader = (
+            PrefetchingReader(
+                self.source, model.preprocess, self.image_batch_size, self.num_workers
+            )
+            if self.num_workers
+            else None
+        )
         # position: the current window's start and the next batch within it
         self.epoch = self.window = self.cursor = self.offset = self.batch_index = 0
         self._pool: dict[str, Tensor] | None = None
@@ -215,7 +230,10 @@ class ActivationStream:
         key = (self.epoch, position)
         if self._carry is not None and self._carry.key == key:
             return self._carry
-        images = self._read(order, position, self.image_batch_size)
+        if self._reader is not None:
+            images = self._reader.read(order, self.epoch, position)
+        else:
+            images = self._read(order, position, self.image_batch_size)
         if not images:
             return None
         readable = [(i, im) for i, im in enumerate(images) if im is not None]

@@ -23,6 +23,7 @@ def train_sae(
     batch_size: int = 1024,
     buffer_tokens: int = 65536,
     image_batch_size: int = 32,
+    num_workers: int | None = None,
     epochs: int | None = 1,
     max_steps: int | None = None,
     seed: int = 0,
@@ -40,6 +41,8 @@ def train_sae(
             same forward passes).
         n_concepts / expansion: dictionary size (default ``expansion × d``).
         k: sparsity for the k-based families (ignored by the others).
+        num_workers: processes that read and preprocess images ahead of the model (see
+            :class:`~probe_sae.data.stream.ActivationStream`).
         max_steps: training steps (default: one pass over the images with ``epochs=1``).
         config: further :class:`TrainConfig` fields (``lr``, ``checkpoint_dir``, ...).
 
@@ -59,6 +62,7 @@ def train_sae(
         batch_size=batch_size,
         buffer_tokens=buffer_tokens,
         image_batch_size=image_batch_size,
+        num_workers=num_workers,
         epochs=epochs,
         seed=seed,
     )
