@@ -116,41 +116,26 @@ def test_mp_rejects_non_unit_norm_dictionary():
 
 
 # ------------------------------------------------------------------------------- TopK
-def test_topk_sparse_decode_equals_dense_reference_in_value_and_gradient():
-    torch.manual_seed(0)
-    sae = TopKSAE(20, 80, k=5).double()
+@pytest.mark.parametrize(
+    ("n_concepts", "k"),
+    [(80, 5), (1024, 1), (1024, 4), (1024, 8)],  # 1024 concepts: the block-maximum prefilter
+)
+def test_topk_sparse_decode_equals_dense_reference_in_value_and_gradient(n_concepts, k):
+    sae = TopKSAE(24, n_concepts, k=k).double()
     _randomise(sae, seed=7)
-    x = torch.randn(30, 20, generator=_gen(8), dtype=torch.float64)
-    weights = torch.randn(30, 20, generator=_gen(9), dtype=torch.float64)
+    x = torch.randn(64, 24, generator=_gen(8), dtype=torch.float64)
+    weights = torch.randn(64, 24, generator=_gen(9), dtype=torch.float64)
 
     out = sae(x)
     (out.x_hat * weights).sum().backward()
     fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad()
 
-    codes = dense_topk(x - sae.b_pre, sae.W_enc, sae.b_enc, 5)
+    codes = dense_topk(x - sae.b_pre, sae.W_enc, sae.b_enc, k)
     x_hat = dense_decode(codes, sae.decoder.weight, sae.b_pre)
     (x_hat * weights).sum().backward()
     torch.testing.assert_close(out.codes, codes, rtol=0, atol=1e-12)
     torch.testing.assert_close(out.x_hat, x_hat, rtol=0, atol=1e-12)
-    for name, p in sae.named_parameters():
-        torch.testing.assert_close(fast[name], p.grad, rtol=0, atol=1e-10, msg=name)
-
-
-@pytest.mark.parametrize("k", [1, 4, 8])
-def test_topk_block_selection_equals_dense_reference_in_value_and_gradient(k):
-    """Wide enough (1024 concepts) that the selection takes the block-maximum prefilter."""
-    sae = TopKSAE(24, 1024, k=k).double()
-    _randomise(sae, seed=3)
-    x = torch.randn(64, 24, generator=_gen(4), dtype=torch.float64)
-    weights = torch.randn(64, 24, generator=_gen(5), dtype=torch.float64)
-    out = sae(x)
-    (out.x_hat * weights).sum().backward()
-    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
-    sae.zero_grad()
-    codes = dense_topk(x - sae.b_pre, sae.W_enc, sae.b_enc, k)
-    (dense_decode(codes, sae.decoder.weight, sae.b_pre) * weights).sum().backward()
-    torch.testing.assert_close(out.codes, codes, rtol=0, atol=1e-12)
     for name, p in sae.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, rtol=0, atol=1e-10, msg=name)
 
