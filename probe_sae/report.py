@@ -333,7 +333,7 @@ def write_report(
         sae = entry.sae
         tokens = sae.provenance.get("tokens", "all")
         entry.info = {
-            "family": sae.family,
+            "family": sae.label,
             "n_concepts": sae.n_concepts,
             "d_model": sae.d_model,
             "model": sae.provenance.get("model") or getattr(vm, "name", "?"),

@@ -117,3 +117,21 @@ def test_save_overwrites_atomically_and_never_pickles(tmp_path):
     assert not list(folder.glob(".*tmp"))
     raw = (folder / "model.safetensors").read_bytes()
     assert b"pickle" not in raw[:4096] and raw[8:9] == b"{"  # safetensors header is JSON
+
+
+def test_label_names_the_archetypal_dictionary_and_survives_a_round_trip(tmp_path):
+    from probe_sae import evaluate
+
+    cands = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    cases = {
+        "rasae (topk)": build_sae("rasae", 8, 16, candidates=cands, k=2),
+        "asae (topk)": build_sae("asae", 8, 16, candidates=cands, k=2),
+        "asae (relu)": build_sae("asae", 8, 16, candidates=cands, encoder="relu"),
+        "topk": build_sae("topk", 8, 16, k=2),
+        "mp": build_sae("mp", 8, 16, k=2),
+    }
+    x = torch.randn(32, 8)
+    for label, sae in cases.items():
+        assert sae.label == label
+        assert load_sae(sae.save_pretrained(tmp_path / label.replace(" ", "_"))).label == label
+        assert evaluate(sae, x).family == label

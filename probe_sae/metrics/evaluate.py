@@ -174,7 +174,7 @@ def evaluate(
     freq = fire / seen
     atoms = sae.dictionary.detach()
     return EvalReport(
-        family=sae.family,
+        family=getattr(sae, "label", sae.family),
         d_model=sae.d_model,
         n_concepts=sae.n_concepts,
         n_tokens=seen,

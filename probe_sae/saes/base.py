@@ -112,6 +112,15 @@ class SAE(nn.Module):
         #: saved with it so that ``probe-sae report`` / ``eval`` can re-attach it to its layer.
         self.provenance: dict[str, Any] = {}
 
+    @property
+    def label(self) -> str:
+        """The family as people name it: ``"rasae (topk)"`` / ``"asae (topk)"`` for an encoder
+        family over an archetypal dictionary (δ > 0 / δ = 0), else ``family``."""
+        if getattr(self.decoder, "kind", "free") == "archetypal":
+            name = "rasae" if float(getattr(self.decoder, "delta", 0.0)) > 0 else "asae"
+            return f"{name} ({self.family})"
+        return self.family
+
     # ----------------------------------------------------------------- dictionary
     @property
     def dictionary(self) -> Tensor:
