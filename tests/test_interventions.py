@@ -11,6 +11,7 @@ import itertools
 import model_checks as checks
 import pytest
 import torch
+from sae_fitting import fit_sae, tiny_timm_vit
 
 from probe_sae import build_sae, hooks, kmeans
 from probe_sae.interventions import (
@@ -34,15 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def vit():
-    torch.manual_seed(0)
-    return load_model(
-        "timm:vit_tiny_patch16_224",
-        img_size=(32, 48),
-        patch_size=8,
-        depth=3,
-        reg_tokens=2,
-        num_classes=10,
-    )
+    return tiny_timm_vit()
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -59,27 +52,11 @@ def acts(vit):
     return hooks.capture(vit, _images(64, 2), LAYER)[LAYER].acts  # (64·27, 192)
 
 
-def fit(sae, acts, steps: int, lr: float = 3e-3, seed: int = 0):
-    """A few Adam steps on standardised tokens, constraints applied after each step."""
-    sae.set_normalization(acts.mean(0), acts.std(0), "standardize")
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    sae.train()
-    for _ in range(steps):
-        out = sae(acts[torch.randint(0, len(acts), (256,), generator=gen)])
-        opt.zero_grad()
-        out.loss.backward()
-        sae.prepare_gradients()
-        opt.step()
-        sae.apply_constraints()
-    return sae.eval()
-
-
 def make_sae(family: str, acts, n_concepts: int = C, k: int = 8, steps: int = 30):
     options = {} if family in ("relu", "jumprelu") else {"k": k}
     candidates = kmeans(acts, n_concepts, seed=0) if family in ("asae", "rasae") else None
     sae = build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options)
-    return fit(sae, acts, steps)
+    return fit_sae(sae, acts, steps)
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +168,9 @@ def test_output_change_shrinks_as_fvu_falls(vit):
         return error, float((out - clean).norm() / clean.norm())
 
     trained = [
-        change(fit(build_sae("topk", D, 384, k=k, seed=0), train, steps=100)) for k in (2, 16, 128)
+        change(fit_sae(build_sae("topk", D, 384, k=k, seed=0), train, steps=100)) for k in (2, 16, 128)
     ]
-    mp = fit(build_sae("mp", D, 384, k=8, seed=0), train, steps=60)
+    mp = fit_sae(build_sae("mp", D, 384, k=8, seed=0), train, steps=60)
     pursued = [change(mp, k=k) for k in (1, 4, 16, 64)]
     for results in (trained, pursued):
         fvus, changes = zip(*results, strict=True)

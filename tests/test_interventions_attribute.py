@@ -11,6 +11,7 @@ import model_checks as checks
 import pytest
 import torch
 import transformers as T
+from sae_fitting import fit_sae, tiny_timm_vit
 
 from probe_sae import build_sae, hooks, kmeans
 from probe_sae.interventions import (
@@ -32,21 +33,6 @@ FAMILIES = ["relu", "topk", "batchtopk", "jumprelu", "mp", "asae", "rasae"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fit(sae, acts, steps: int = 30, lr: float = 3e-3):
-    sae.set_normalization(acts.mean(0), acts.std(0), "standardize")
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(0)
-    sae.train()
-    for _ in range(steps):
-        out = sae(acts[torch.randint(0, len(acts), (256,), generator=gen)])
-        opt.zero_grad()
-        out.loss.backward()
-        sae.prepare_gradients()
-        opt.step()
-        sae.apply_constraints()
-    return sae.eval()
-
-
 def assert_complete(attr, floor: float = 1e-6) -> None:
     """Completeness of integrated gradients per image: |Σ attributions − (f(z) − f(z′))| is at
     most 1 % of |f(z) − f(z′)| (plus a float32 rounding floor), on a non-trivial difference."""
@@ -63,22 +49,16 @@ def sae_for(model, layer, images, family="topk", n_concepts=128, **options):
     if family not in ("relu", "jumprelu") and "k" not in options:
         options["k"] = 8
     candidates = kmeans(acts, n_concepts, seed=0) if family in ("asae", "rasae") else None
-    return fit(
-        build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options), acts
+    return fit_sae(
+        build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options),
+        acts,
+        steps=30,
     )
 
 
 @pytest.fixture(scope="module")
 def vit():
-    torch.manual_seed(0)
-    return load_model(
-        "timm:vit_tiny_patch16_224",
-        img_size=(32, 48),
-        patch_size=8,
-        depth=3,
-        reg_tokens=2,
-        num_classes=10,
-    )
+    return tiny_timm_vit()
 
 
 @pytest.fixture(scope="module")

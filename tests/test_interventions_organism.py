@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sae_fitting import fit_sae
 from scipy.stats import rankdata
 
 from probe_sae import build_sae, hooks
@@ -62,17 +63,7 @@ def model():
 
 def fit(acts: torch.Tensor):
     sae = build_sae("topk", acts.shape[1], N_CONCEPTS, k=K, seed=0)
-    sae.set_normalization(acts.mean(0), acts.std(0), "standardize")
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        out = sae(acts[torch.randint(0, len(acts), (1024,), generator=gen)])
-        opt.zero_grad()
-        out.loss.backward()
-        sae.prepare_gradients()
-        opt.step()
-        sae.apply_constraints()
-    return sae.eval()
+    return fit_sae(sae, acts, 400, batch=1024)
 
 
 @pytest.fixture(scope="module")
