@@ -11,6 +11,7 @@ rewind) restarts the loader at that batch, so the stream stays resumable exactly
 from __future__ import annotations
 
 import multiprocessing
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probe_sae.data.images import ImageSource
+from probe_sae.data.images import DatasetImages, ImageFolder, ImageSource
 
 
 class _PreprocessedImages(torch.utils.data.Dataset):
@@ -108,12 +109,8 @@ def resolve_workers(num_workers: int | None, source: ImageSource, on_gpu: bool) 
     """Worker processes for a stream: the user's choice, or by default (``None``) up to 4 when
     the model runs on a GPU and the images need decoding (a folder or a Dataset); otherwise 0,
     since on CPU workers would take cores from the forward pass."""
-    from probe_sae.data.images import DatasetImages, ImageFolder
-
     decodes = isinstance(source, (ImageFolder, DatasetImages))
     if num_workers is None:
-        import os
-
         num_workers = min(4, os.cpu_count() or 1) if (on_gpu and decodes) else 0
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")

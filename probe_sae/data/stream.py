@@ -85,7 +85,8 @@ class ActivationStream:
     ) -> None:
         from probe_sae.hooks import capture  # models sit to the left of data in the layout
 
-        if on_cpu(getattr(model, "device", None)):
+        model_on_cpu = on_cpu(getattr(model, "device", None))
+        if model_on_cpu:
             tune_cpu_allocator()
 
         self._capture = capture
@@ -116,9 +117,7 @@ class ActivationStream:
         self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, int(seed)
         self.provenance = provenance
         self.drop_last = bool(drop_last)
-        self.num_workers = resolve_workers(
-            num_workers, self.source, not on_cpu(getattr(model, "device", None))
-        )
+        self.num_workers = resolve_workers(num_workers, self.source, not model_on_cpu)
         self._reader = (
             PrefetchingReader(
                 self.source, model.preprocess, self.image_batch_size, self.num_workers
