@@ -23,8 +23,10 @@ import torch
 from _report import machine, write_section  # benchmarks/ is on sys.path when run as a script
 
 from probe_sae import hooks
-from probe_sae.data import synthetic
-from probe_sae.models import organism, organism_train
+from probe_sae.organism import load_organism
+from probe_sae.organism import model as organism
+from probe_sae.organism import train as organism_train
+from probe_sae.organism import world as synthetic
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
@@ -46,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    model = organism.load_organism(train_if_missing=False)
+    model = load_organism(train_if_missing=False)
     config = organism.read_config(organism.PACKAGED_DIR)
     held = synthetic.generate(args.eval_images, seed=organism_train.EVAL_SEED)
     with torch.no_grad():

@@ -38,13 +38,14 @@ def _rss_mb() -> float:
 
 def _make(family: str, impl: str):
     """Returns (parameters, step_loss_fn, constraint_fn)."""
-    from probe_sae import MPSAE, ArchetypalDictionary, TopKSAE
-    from probe_sae.saes.reference import (
+    from reference_saes import (
         archetypal_atoms,
         dense_decode,
         dense_topk,
         naive_matching_pursuit,
     )
+
+    from probe_sae import MPSAE, ArchetypalDictionary, TopKSAE
 
     g = torch.Generator().manual_seed(0)
     if family == "TopK":

@@ -8,7 +8,7 @@ back. On 2 cores that was 10–20 % of a streaming run's time, in system time (m
 ``benchmarks/bench_stream.py``). Keeping freed memory for reuse removes nearly all of it;
 the price is that the process holds on to up to ``trim_threshold`` bytes of freed memory.
 
-:class:`~probe_sae.data.stream.ActivationStream` and the trainer call
+:class:`~probe_sae.stream.activations.ActivationStream` and the trainer call
 :func:`tune_cpu_allocator` when they run on CPU. Set ``PROBE_SAE_MALLOC_TUNING=0`` in the
 environment to leave the allocator alone.
 """

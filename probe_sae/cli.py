@@ -48,7 +48,7 @@ def parse_images(spec: str) -> Images:
             ) from None
         if n <= 0:
             raise UsageError(f"{spec!r}: the number of images must be positive")
-        from probe_sae.data.synthetic import generate
+        from probe_sae.organism.world import generate
 
         world = generate(n, seed=seed)
         return Images(world.images, world.presence, f"{n} synthetic collages (seed {seed})")
@@ -174,8 +174,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from probe_sae.data.stream import ActivationStream
-    from probe_sae.metrics import evaluate, spliced_fidelity
+    from probe_sae.interventions import spliced_fidelity
+    from probe_sae.metrics import evaluate
+    from probe_sae.stream.activations import ActivationStream
 
     saes = _load_saes(args.sae_dirs)
     model = _model_for(saes, args.model)
@@ -215,8 +216,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from probe_sae.constants import TRAINING_LOG
     from probe_sae.report import write_report
-    from probe_sae.train.trainer import TRAINING_LOG
 
     saes = _load_saes(args.sae_dirs)
     model = _model_for(saes, args.model)
@@ -272,8 +273,8 @@ def _sub(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from probe_sae import __version__
     from probe_sae.bench import BENCHMARKS
+    from probe_sae.constants import __version__
     from probe_sae.saes import available_families
 
     parser = argparse.ArgumentParser(

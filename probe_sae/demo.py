@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probe_sae.data.stream import ActivationStream
-from probe_sae.data.synthetic import KIND_NAMES, generate
-from probe_sae.metrics import FidelityReport, evaluate, soft_identifiability, spliced_fidelity
+from probe_sae.interventions import FidelityReport, spliced_fidelity
+from probe_sae.metrics import evaluate, soft_identifiability
+from probe_sae.organism.world import KIND_NAMES, generate
 from probe_sae.saes import SAE
+from probe_sae.stream.activations import ActivationStream
 
 FAMILIES = ("topk", "rasae", "mp")
 

@@ -36,9 +36,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from probe_sae._atomic import atomic_write
+from probe_sae.constants import CONFIG_NAME, TRAINING_LOG
 from probe_sae.data.images import ImageSource
 from probe_sae.saes import SAE, load_sae
-from probe_sae.train.trainer import TRAINING_LOG  # the metrics log saved next to each SAE
 
 #: section content: trusted HTML (inserted as is), a matplotlib ``Figure``, or a list of them
 SectionContent = Any
@@ -81,7 +81,7 @@ class _Head(ImageSource):
 
 # ----------------------------------------------------------------------------- inputs
 def _is_sae_folder(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    return (path / CONFIG_NAME).is_file()
 
 
 def _entries(saes: Any) -> list[_Entry]:
@@ -163,7 +163,7 @@ def _eval_stream(
     model: Any, source: ImageSource, layer: str | int, tokens: Any, image_batch_size: int
 ) -> Any:
     """A stream over every token of ``source`` at ``layer``, in order (with token positions)."""
-    from probe_sae.data.stream import ActivationStream
+    from probe_sae.stream.activations import ActivationStream
 
     return ActivationStream(
         model, source, layer, tokens=tokens, batch_size=4096, buffer_tokens=4096,

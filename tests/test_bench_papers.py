@@ -1,11 +1,11 @@
 """The A-SAE paper's benchmarks on data with a known answer (small, fast settings)."""
 
 import torch
+from toy_activations import sparse_mixture
 
 from probe_sae.bench.identifiability import identifiability_study
 from probe_sae.bench.plausibility import plausibility_study
 from probe_sae.bench.stability import stability_study
-from probe_sae.data import sparse_mixture
 
 
 def test_stability_study_rows_and_shared_candidates_are_more_stable():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe_sae.data import TensorTokenSource
-from probe_sae.data.cache import CachedTokens, read_manifest, write_cache
+from probe_sae.stream import TensorTokenSource
+from probe_sae.stream.cache import CachedTokens, read_manifest, write_cache
 
 
 def _tokens(n=1000, d=8):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from probe_sae import ActivationStream, TopKSAE, build_sae, load_model
-from probe_sae.data import TensorTokenSource
 from probe_sae.metrics.evaluate import evaluate
+from probe_sae.stream import TensorTokenSource
 
 
 def test_report_figures_match_a_recomputation():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from probe_sae import load_model, train_sae
-from probe_sae.data.synthetic import generate
-from probe_sae.metrics import FidelityReport, logit_kl, spliced_fidelity
+from probe_sae.interventions import FidelityReport, logit_kl, spliced_fidelity
+from probe_sae.organism.world import generate
 from probe_sae.saes import ReLUSAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")

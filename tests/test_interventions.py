@@ -235,7 +235,7 @@ def test_splice_and_steer_on_every_model_family(family, tmp_path):
     elif family == "wrap_seq_first":
         model = _toy()
     else:
-        from probe_sae.models import organism
+        from probe_sae import organism
 
         model = organism.load_organism(train_if_missing=False)
     h, w = model.input_size

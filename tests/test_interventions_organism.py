@@ -1,5 +1,5 @@
 """Interventions on the model organism, whose ground truth is known: which objects each image
-holds and where (`probe_sae.data.synthetic`).
+holds and where (`probe_sae.organism.world`).
 
 Protocol. TopK SAEs (512 concepts, k = 16) are trained on the organism's tokens at
 ``blocks.3`` (the last block; the head reads its CLS token) and ``blocks.2``, over 1024
@@ -33,8 +33,7 @@ import torch
 from sae_fitting import fit_sae
 from scipy.stats import rankdata
 
-from probe_sae import build_sae, hooks
-from probe_sae.data import synthetic
+from probe_sae import build_sae, hooks, organism
 from probe_sae.interventions import (
     class_probability,
     concept_maps,
@@ -42,7 +41,7 @@ from probe_sae.interventions import (
     steer,
     steering_sweep,
 )
-from probe_sae.models import organism
+from probe_sae.organism import world as synthetic
 
 LAYER, MAP_LAYER = "blocks.3", "blocks.2"
 N_CONCEPTS, K = 512, 16

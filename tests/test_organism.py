@@ -12,14 +12,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from probe_sae import hooks
-from probe_sae.data import synthetic
-from probe_sae.models import VisionModel, load_model, organism, organism_train
-from probe_sae.models.organism_train import TrainConfig
+from probe_sae.models import VisionModel, load_model
+from probe_sae.organism import load as organism_load
+from probe_sae.organism import model as organism
+from probe_sae.organism import train as organism_train
+from probe_sae.organism import world as synthetic
+from probe_sae.organism.train import Recipe
 
 
 @pytest.fixture(scope="module")
 def model() -> VisionModel:
-    return organism.load_organism(train_if_missing=False)
+    return organism_load.load_organism(train_if_missing=False)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,8 @@ def test_shipped_weights_load_without_training(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("load_organism() trained although weights ship with the package")
 
-    monkeypatch.setattr(organism_train, "train_and_save", no_training)
-    loaded = organism.load_organism()
+    monkeypatch.setattr(organism_load, "train_and_save", no_training)
+    loaded = organism_load.load_organism()
     assert isinstance(loaded, VisionModel) and loaded.name == "organism"
     assert (organism.PACKAGED_DIR / "model.safetensors").stat().st_size < 2_500_000
 
@@ -117,23 +120,23 @@ def test_first_use_trains_once_then_loads_from_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(organism, "PACKAGED_DIR", tmp_path / "not_installed")
     monkeypatch.setenv("PROBE_SAE_CACHE", str(tmp_path / "cache"))
     assert organism.cache_dir() == tmp_path / "cache"
-    with pytest.raises(FileNotFoundError, match="organism_train --out"):
-        organism.load_organism(train_if_missing=False)
+    with pytest.raises(FileNotFoundError, match="organism.train --out"):
+        organism_load.load_organism(train_if_missing=False)
     calls = []
     real = organism_train.train_and_save
 
     def tiny(folder, **kwargs):
         calls.append(folder)
-        return real(folder, recipe=TrainConfig(steps=2, batch_size=8), eval_images=256, progress=False)
+        return real(folder, recipe=Recipe(steps=2, batch_size=8), eval_images=256, progress=False)
 
-    monkeypatch.setattr(organism_train, "train_and_save", tiny)
-    first = organism.load_organism()
+    monkeypatch.setattr(organism_load, "train_and_save", tiny)
+    first = organism_load.load_organism()
     folder = tmp_path / "cache" / "organism"
     assert calls == [folder]
     assert (folder / "model.safetensors").is_file()
     config = json.loads((folder / "config.json").read_text())
     assert config["recipe"]["steps"] == 2 and 0 <= config["held_out"]["mean_auc"] <= 1
-    second = organism.load_organism()
+    second = organism_load.load_organism()
     assert calls == [folder], "the cached organism was trained again"
     x = synthetic.generate(4, seed=0).images
     with torch.no_grad():
@@ -141,16 +144,16 @@ def test_first_use_trains_once_then_loads_from_cache(monkeypatch, tmp_path):
 
 
 def test_bad_folders_say_how_to_fix(tmp_path):
-    with pytest.raises(organism.OrganismFormatError, match="organism_train --out"):
-        organism.load_organism(path=tmp_path)
+    with pytest.raises(organism.OrganismFormatError, match="organism.train --out"):
+        organism_load.load_organism(path=tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(organism.OrganismFormatError, match="not valid JSON"):
-        organism.load_organism(path=tmp_path)
+        organism_load.load_organism(path=tmp_path)
     doc = organism.read_config(organism.PACKAGED_DIR)
     doc["kind_names"] = list(reversed(doc["kind_names"]))
     (tmp_path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(organism.OrganismFormatError, match="other object kinds"):
-        organism.load_organism(path=tmp_path)
+        organism_load.load_organism(path=tmp_path)
 
 
 def test_scores_match_a_reference():

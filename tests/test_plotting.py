@@ -14,8 +14,8 @@ import torch.nn.functional as F
 matplotlib.use("Agg")
 
 from probe_sae import load_model, train_sae
-from probe_sae.data.synthetic import FAMILIES, generate
 from probe_sae.interventions import concept_maps
+from probe_sae.organism.world import FAMILIES, generate
 from probe_sae.plotting import (
     display_image,
     plot_activation_histograms,

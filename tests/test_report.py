@@ -26,7 +26,7 @@ import torch
 matplotlib.use("Agg")
 
 from probe_sae import build_sae, load_model, train_sae
-from probe_sae.data.synthetic import generate
+from probe_sae.organism.world import generate
 from probe_sae.plotting import new_figure
 from probe_sae.report import write_report
 

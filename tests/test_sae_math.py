@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from reference_saes import dense_decode, dense_topk, naive_matching_pursuit
 
 from probe_sae import (
     MPSAE,
@@ -19,7 +20,6 @@ from probe_sae import (
     kmeans,
 )
 from probe_sae.saes.jumprelu import jumprelu, step
-from probe_sae.saes.reference import dense_decode, dense_topk, naive_matching_pursuit
 from probe_sae.saes.sparse import SparseCodes, selected_linear
 
 

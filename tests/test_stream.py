@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from probe_sae.data.images import ImageFolder, IterableImages, image_source
-from probe_sae.data.stream import ActivationStream
 from probe_sae.hooks import capture
 from probe_sae.models import load_model
+from probe_sae.stream.activations import ActivationStream
 from probe_sae.train import TrainConfig, Trainer
 from probe_sae.train.api import train_sae
 

@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from probe_sae.data import synthetic
-from probe_sae.data.synthetic import CHUNK, COLOUR_NAMES, FAMILIES, KIND_NAMES, SHAPES, World
+from probe_sae.organism import world as synthetic
+from probe_sae.organism.world import CHUNK, COLOUR_NAMES, FAMILIES, KIND_NAMES, SHAPES, World
 
 FIELDS = tuple(synthetic.ConceptImages.__dataclass_fields__)
 # area / (π r²) of each shape in unit coordinates, r = circumradius of the drawn object

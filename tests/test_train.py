@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_activations import sparse_mixture
 
 from probe_sae import load_sae
-from probe_sae.data import TensorTokenSource, sparse_mixture
 from probe_sae.saes import TopKSAE
+from probe_sae.stream import TensorTokenSource
 from probe_sae.train import SAESpec, SAETarget, TrainConfig, Trainer, warmup_cosine
 from probe_sae.train.init import geometric_median
 

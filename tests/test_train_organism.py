@@ -3,9 +3,9 @@
 import torch
 
 from probe_sae import ActivationStream, train_sae
-from probe_sae.data.synthetic import generate
 from probe_sae.metrics import evaluate
-from probe_sae.models.organism import load_organism
+from probe_sae.organism.model import load_organism
+from probe_sae.organism.world import generate
 
 
 def test_topk_rasae_and_mp_learn_online_on_the_organism():

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from probe_sae.data.tokens import TensorTokenSource
 from probe_sae.saes import SAE, build_sae
 from probe_sae.saes.factory import ARCHETYPAL
+from probe_sae.stream.tokens import TensorTokenSource
 from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer
 
 #: Figures published in the seed papers, printed beside ours.

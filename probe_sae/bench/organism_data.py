@@ -9,7 +9,7 @@ from probe_sae.hooks import capture
 
 
 def _organism():
-    from probe_sae.models.organism import load_organism
+    from probe_sae.organism.model import load_organism
 
     return load_organism()
 
@@ -29,7 +29,7 @@ def organism_tokens(
     batch: int = 256,
 ) -> Tensor:
     """(n_images × T, d) token activations of ``layer`` (a name or block index) on fresh collages."""
-    from probe_sae.data.synthetic import generate
+    from probe_sae.organism.world import generate
 
     model = _organism()
     name = _layer(model, layer)
@@ -45,7 +45,7 @@ def organism_pooled(
     layer: str | int = -1, n_images: int = 2000, seed: int = 0, batch: int = 256
 ) -> tuple[Tensor, Tensor]:
     """Per image the mean of ``layer``'s patch tokens (N, d), and the object presence (N, K)."""
-    from probe_sae.data.synthetic import generate
+    from probe_sae.organism.world import generate
 
     model = _organism()
     name = _layer(model, layer)
@@ -59,7 +59,7 @@ def organism_pooled(
 
 def organism_head_tokens(n_images: int = 2048, seed: int = 0) -> tuple[Tensor, Tensor]:
     """CLS tokens of the last block and the head's class directions in that space."""
-    from probe_sae.models.organism import head_directions
+    from probe_sae.organism.model import head_directions
 
     model = _organism()
     cls = organism_tokens(-1, n_images, seed, tokens="cls")

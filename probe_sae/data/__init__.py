@@ -1,6 +1,6 @@
-"""Data sources: images, synthetic data, token sources, activation streams and caches."""
+"""Image sources: folders, tensors, ``Dataset``s, iterables, and the loader that reads them
+ahead of the model. Everything on the far side of the hooks lives in :mod:`probe_sae.stream`."""
 
-from probe_sae.data.cache import CachedTokens, read_manifest, write_cache
 from probe_sae.data.images import (
     DatasetImages,
     ImageFolder,
@@ -9,23 +9,12 @@ from probe_sae.data.images import (
     TensorImages,
     image_source,
 )
-from probe_sae.data.stream import ActivationStream
-from probe_sae.data.tokens import TensorTokenSource, TokenSource
-from probe_sae.data.toy_activations import SparseMixture, sparse_mixture
 
 __all__ = [
-    "ActivationStream",
-    "CachedTokens",
     "DatasetImages",
     "ImageFolder",
     "ImageSource",
     "IterableImages",
-    "SparseMixture",
     "TensorImages",
-    "TensorTokenSource",
-    "TokenSource",
     "image_source",
-    "read_manifest",
-    "sparse_mixture",
-    "write_cache",
 ]

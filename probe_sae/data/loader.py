@@ -2,7 +2,7 @@
 
 Decoding JPEGs and resizing them costs several milliseconds per image, in series with the
 forward pass unless it runs elsewhere. :class:`PrefetchingReader` serves an
-:class:`~probe_sae.data.stream.ActivationStream` the image batches it asks for, in its order,
+:class:`~probe_sae.stream.activations.ActivationStream` the image batches it asks for, in its order,
 from a ``torch.utils.data.DataLoader`` whose workers read and preprocess the next batches
 while the model runs. A request for any batch other than the next one (a resumed stream, a
 rewind) restarts the loader at that batch, so the stream stays resumable exactly.

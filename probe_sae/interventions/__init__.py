@@ -7,6 +7,7 @@
   per image and per token (Sundararajan et al. 2017 for integrated gradients).
 * `concept_maps`: concept activations folded into the patch grid.
 * `steering_sweep`: the target's change as a concept's value sweeps a range.
+* `spliced_fidelity`: what the model loses downstream when the layer is replaced by the SAE.
 
 Targets: `class_logit`, `class_probability`, `prompt_similarity`, or any callable on the output.
 """
@@ -18,6 +19,7 @@ from probe_sae.interventions.attribute import (
     integrated_gradients,
 )
 from probe_sae.interventions.experiment import SteeringSweep, steering_sweep
+from probe_sae.interventions.fidelity import FidelityReport, logit_kl, spliced_fidelity
 from probe_sae.interventions.maps import (
     PatchGrid,
     concept_maps,
@@ -38,6 +40,7 @@ from probe_sae.interventions.targets import (
 __all__ = [
     "MODES",
     "Attribution",
+    "FidelityReport",
     "PatchGrid",
     "SAESplice",
     "SpliceRecord",
@@ -52,10 +55,12 @@ __all__ = [
     "fold_patches",
     "grad_x_act",
     "integrated_gradients",
+    "logit_kl",
     "patch_grid",
     "pixel_mask_to_grid",
     "prompt_similarity",
     "splice",
+    "spliced_fidelity",
     "steer",
     "steering_sweep",
     "upsample",

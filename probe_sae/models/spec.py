@@ -14,6 +14,10 @@ from .base import VisionModel
 #: ``loader(rest_of_spec, device, **kwargs)`` for a family added with `register_loader`.
 Loader = Callable[..., VisionModel]
 _EXTRA_LOADERS: dict[str, Loader] = {}
+#: Packages register loaders without being imported first: an entry point in this group named
+#: after the family (``organism = "probe_sae.organism:register"``) is loaded and called on the
+#: first spec of that family.
+ENTRY_POINT_GROUP = "probe_sae.models"
 
 
 def register_loader(family: str, loader: Loader) -> None:
@@ -88,8 +92,21 @@ def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> 
     return model
 
 
+def _registered(family: str) -> bool:
+    """Whether ``family`` has a loader, loading its entry point (if any) on first use."""
+    if family in _EXTRA_LOADERS:
+        return True
+    if not family.isidentifier() or family in ("open_clip", "hf", "timm"):
+        return False
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=family):
+        entry.load()()
+    return family in _EXTRA_LOADERS
+
+
 def _load(spec: str, device: torch.device | str, **kwargs: Any) -> VisionModel:
-    if isinstance(spec, str) and spec.partition(":")[0] in _EXTRA_LOADERS:
+    if isinstance(spec, str) and _registered(spec.partition(":")[0]):
         family, _, rest = spec.partition(":")
         return _EXTRA_LOADERS[family](rest, device, **kwargs)
     parsed = parse_spec(spec)
@@ -104,13 +121,3 @@ def _load(spec: str, device: torch.device | str, **kwargs: Any) -> VisionModel:
     from .timm import load_timm
 
     return load_timm(parsed.name, parsed.path, device, **kwargs)
-
-
-def _load_organism(rest: str, device: torch.device | str = "cpu", **kwargs: Any) -> VisionModel:
-    """``load_model("organism")`` (shipped weights) or ``"organism:<folder>"`` (other weights)."""
-    from .organism import load_organism
-
-    return load_organism(device, path=rest or None, **kwargs)
-
-
-register_loader("organism", _load_organism)

@@ -10,6 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from probe_sae.constants import TRAINING_LOG
 from probe_sae.plotting._display import new_figure
 
 #: keys drawn by default, as logged by the trainer (``Trainer._log``)
@@ -22,7 +23,7 @@ def load_metrics(metrics: Sequence[Mapping[str, Any]] | str | Path) -> list[dict
     if isinstance(metrics, (str, Path)):
         path = Path(metrics)
         if path.is_dir():
-            path = path / "training_log.json"
+            path = path / TRAINING_LOG
         if not path.is_file():
             raise FileNotFoundError(
                 f"no training log at {path}; TrainResult.save(out_dir) writes one per SAE."

@@ -15,12 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probe_sae._atomic import atomic_write
+from probe_sae.constants import CONFIG_NAME, WEIGHTS_NAME, __version__
+from probe_sae.constants import SAE_FORMAT as FORMAT
+from probe_sae.constants import SAE_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.saes.base import SAE
-
-FORMAT = "probe_sae.sae"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class SAEFormatError(ValueError):
@@ -29,7 +27,6 @@ class SAEFormatError(ValueError):
 
 def sae_config(sae: SAE) -> dict[str, Any]:
     """The JSON config that :func:`load_sae` rebuilds ``sae`` from."""
-    from probe_sae import __version__
 
     return {
         "format": FORMAT,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from probe_sae.data.stream import ActivationStream
 from probe_sae.saes import SAE
+from probe_sae.stream.activations import ActivationStream
 from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult
 
 
@@ -42,7 +42,7 @@ def train_sae(
         n_concepts / expansion: dictionary size (default ``expansion × d``).
         k: sparsity for the k-based families (ignored by the others).
         num_workers: processes that read and preprocess images ahead of the model (see
-            :class:`~probe_sae.data.stream.ActivationStream`).
+            :class:`~probe_sae.stream.activations.ActivationStream`).
         max_steps: training steps (default: one pass over the images with ``epochs=1``).
         config: further :class:`TrainConfig` fields (``lr``, ``checkpoint_dir``, ...).
 

@@ -18,8 +18,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT = "probe_sae.checkpoint"
-FORMAT_VERSION = 1
+from probe_sae.constants import CHECKPOINT_FORMAT as FORMAT
+from probe_sae.constants import CHECKPOINT_FORMAT_VERSION as FORMAT_VERSION
+from probe_sae.constants import (
+    CHECKPOINT_STATE_NAME,
+    OPTIMIZER_META_NAME,
+    OPTIMIZER_TENSORS_NAME,
+    TRACKER_NAME,
+)
+
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -79,11 +86,11 @@ def write_checkpoint(
         folder = tmp / name
         run["sae"].save_pretrained(folder / "sae")
         tensors, meta = optimizer_state(run["optimizer"])
-        save_file(tensors, str(folder / "optimizer.safetensors"))
-        _write_json(folder / "optimizer.json", meta)
-        save_file(run["tracker"].state_dict(), str(folder / "tracker.safetensors"))
+        save_file(tensors, str(folder / OPTIMIZER_TENSORS_NAME))
+        _write_json(folder / OPTIMIZER_META_NAME, meta)
+        save_file(run["tracker"].state_dict(), str(folder / TRACKER_NAME))
     _write_json(
-        tmp / "trainer.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **trainer_state}
+        tmp / CHECKPOINT_STATE_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION, **trainer_state}
     )
     if final.exists():
         shutil.rmtree(final)
@@ -99,11 +106,11 @@ def write_checkpoint(
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from itself or from the run's checkpoint directory (via ``latest``)."""
     p = Path(path)
-    if (p / "trainer.json").is_file():
+    if (p / CHECKPOINT_STATE_NAME).is_file():
         return p
     if (p / "latest").is_file():
         target = p / (p / "latest").read_text().strip()
-        if (target / "trainer.json").is_file():
+        if (target / CHECKPOINT_STATE_NAME).is_file():
             return target
     raise FileNotFoundError(
         f"no checkpoint at {p}: pass a checkpoint directory (with a 'latest' file) or a step-* folder"
@@ -111,7 +118,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint(folder: Path) -> dict[str, Any]:
-    state = json.loads((folder / "trainer.json").read_text())
+    state = json.loads((folder / CHECKPOINT_STATE_NAME).read_text())
     if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{folder} is not a probe_sae checkpoint of format version {FORMAT_VERSION}"
@@ -123,7 +130,7 @@ def read_run(folder: Path, name: str) -> dict[str, Any]:
     run = folder / name
     return {
         "sae_dir": run / "sae",
-        "optimizer_tensors": load_file(str(run / "optimizer.safetensors")),
-        "optimizer_meta": json.loads((run / "optimizer.json").read_text()),
-        "tracker": load_file(str(run / "tracker.safetensors")),
+        "optimizer_tensors": load_file(str(run / OPTIMIZER_TENSORS_NAME)),
+        "optimizer_meta": json.loads((run / OPTIMIZER_META_NAME).read_text()),
+        "tracker": load_file(str(run / TRACKER_NAME)),
     }

@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from probe_sae._atomic import atomic_write
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
-from probe_sae.data.tokens import TokenSource
+from probe_sae.constants import TRAINING_LOG
 from probe_sae.metrics.reconstruction import ReconstructionStats
 from probe_sae.saes import SAE, build_sae, kmeans, load_sae
 from probe_sae.saes.factory import ARCHETYPAL
+from probe_sae.stream.tokens import TokenSource
 from probe_sae.train import checkpoint as ckpt
 from probe_sae.train.dead import FiringTracker
 from probe_sae.train.init import geometric_median, normalization_stats
@@ -133,10 +134,6 @@ class TrainResult:
             atomic_write(folder / TRAINING_LOG, lambda tmp, text=text: Path(tmp).write_text(text))
             folders[name] = folder
         return folders
-
-
-#: the metrics log written next to a saved SAE by :meth:`TrainResult.save`
-TRAINING_LOG = "training_log.json"
 
 
 class _Run:

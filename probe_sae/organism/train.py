@@ -1,7 +1,7 @@
-"""Training and scoring the model organism (`probe_sae.models.organism`) on the synthetic world.
+"""Training and scoring the model organism (`probe_sae.organism.model`) on the synthetic world.
 
 Multi-label presence prediction with binary cross-entropy on a fresh stream of collages from
-`probe_sae.data.synthetic` (every training image is new), AdamW with linear warm-up and cosine
+`probe_sae.organism.world` (every training image is new), AdamW with linear warm-up and cosine
 decay; pixels are standardised during training and the standardisation is then folded into the
 patch embedding. Scores are measured on the held-out stream of seed `EVAL_SEED`, which no
 training run uses: mean per-kind ROC AUC, and F1 at probability 0.5.
@@ -9,8 +9,8 @@ training run uses: mean per-kind ROC AUC, and F1 at probability 0.5.
 The default recipe (800 steps of 64 images) takes about 140 s on 2 CPU cores and reaches a
 held-out mean AUC of 0.999 (macro F1 0.978); see ``docs/benchmarks.md``.
 
-The shipped weights come from ``python -m probe_sae.models.organism_train --out
-probe_sae/models/organism_weights`` (the default recipe).
+The shipped weights come from ``python -m probe_sae.organism.train --out
+probe_sae/organism/weights`` (the default recipe).
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ from scipy.stats import rankdata
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from probe_sae.data import synthetic
-
-from .organism import OrganismConfig, build_vit, save_organism
+from probe_sae.organism import world as synthetic
+from probe_sae.organism.model import (
+    OrganismConfig,
+    build_vit,
+    load_organism_module,
+    save_organism,
+)
 
 #: Seed of the held-out evaluation stream; training seeds must differ from it.
 EVAL_SEED = 1_000_003
@@ -42,7 +46,7 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class Recipe:
     """The training recipe (the defaults produced the shipped weights)."""
 
     steps: int = 800
@@ -138,7 +142,7 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def _lr_factor(step: int, recipe: TrainConfig) -> float:
+def _lr_factor(step: int, recipe: Recipe) -> float:
     if step < recipe.warmup_steps:
         return (step + 1) / recipe.warmup_steps
     progress = (step - recipe.warmup_steps) / max(recipe.steps - recipe.warmup_steps, 1)
@@ -147,13 +151,13 @@ def _lr_factor(step: int, recipe: TrainConfig) -> float:
 
 def train_organism(
     config: OrganismConfig | None = None,
-    recipe: TrainConfig | None = None,
+    recipe: Recipe | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train the organism from scratch; returns the ViT (eval mode) and a record of the run
     (recipe, wall-clock seconds, images seen, final training loss). ``None`` means the
     defaults, which produced the shipped weights."""
-    config, recipe = config or OrganismConfig(), recipe or TrainConfig()
+    config, recipe = config or OrganismConfig(), recipe or Recipe()
     torch.manual_seed(recipe.seed)
     module = build_vit(config).train()
     opt = torch.optim.AdamW(_param_groups(module, recipe.weight_decay), lr=recipe.lr)
@@ -191,14 +195,12 @@ def train_organism(
 def train_and_save(
     folder: str | Path,
     config: OrganismConfig | None = None,
-    recipe: TrainConfig | None = None,
+    recipe: Recipe | None = None,
     eval_images: int = 4096,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, score on the held-out stream (after the fp16 round trip of saving) and save to
     ``folder``; returns what ``config.json`` records about the run."""
-    from .organism import load_organism_module
-
     config = config or OrganismConfig()
     module, record = train_organism(config, recipe, progress)
     save_organism(module, folder, config, record)
@@ -209,10 +211,10 @@ def train_and_save(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m probe_sae.models.organism_train --out DIR``: train, score and save the organism."""
+    """``python -m probe_sae.organism.train --out DIR``: train, score and save the organism."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
-    defaults = TrainConfig()
+    defaults = Recipe()
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    recipe = Recipe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     record = train_and_save(args.out, recipe=recipe, eval_images=args.eval_images)
     held = record["held_out"]
     summary = {k: held[k] for k in ("mean_auc", "min_auc", "macro_f1", "micro_f1", "exact_match")}

@@ -1,4 +1,4 @@
-"""The model organism: a small timm ViT trained on `probe_sae.data.synthetic`, shipped with the package.
+"""The model organism: a small timm ViT trained on `probe_sae.organism.world`, shipped with the package.
 
 A real ``timm.models.vision_transformer.VisionTransformer`` (CLS token, 4 register tokens as in
 Darcet et al. 2024, patch size 8, width 128, 4 blocks) trained from scratch with multi-label BCE
@@ -6,9 +6,9 @@ to predict which of the 16 object kinds are present in a 64 × 64 collage — th
 for the classifiers whose heads and synthetic collages the Archetypal-SAE paper uses for its
 plausibility and soft-identifiability benchmarks (Fel et al. 2025, arXiv 2502.12892).
 
-The weights in ``probe_sae/models/organism_weights/`` (fp16 safetensors + ``config.json`` with
+The weights in ``probe_sae/organism/weights/`` (fp16 safetensors + ``config.json`` with
 the architecture, training recipe and held-out scores) were produced by the project's own
-training script, ``python -m probe_sae.models.organism_train --out probe_sae/models/organism_weights``.
+training script, ``python -m probe_sae.organism.train --out probe_sae/organism/weights``.
 If that folder is missing (an install without package data), `load_organism` trains the
 organism once (about 2.5 minutes on 2 CPU cores) and caches it under `cache_dir()`.
 
@@ -21,27 +21,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from probe_sae._atomic import atomic_write
+from probe_sae.constants import CONFIG_NAME, WEIGHTS_NAME
+from probe_sae.constants import ORGANISM_FORMAT as FORMAT
+from probe_sae.constants import ORGANISM_FORMAT_VERSION as FORMAT_VERSION
+from probe_sae.models import VisionModel
 
-from .base import VisionModel
-from .timm import vit_layout
-from .wrap import wrap
-
-FORMAT = "probe_sae.organism"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PACKAGED_DIR = Path(__file__).resolve().parent / "organism_weights"
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class OrganismFormatError(ValueError):
@@ -99,7 +93,7 @@ def save_organism(
 ) -> Path:
     """Write ``module``'s weights (fp16 safetensors) and ``config.json`` (architecture, kind names
     and ``info``: training recipe, held-out scores) to ``folder``; returns the folder."""
-    from probe_sae.data.synthetic import KIND_NAMES
+    from probe_sae.organism.world import KIND_NAMES
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +119,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise OrganismFormatError(
             f"No {CONFIG_NAME} in {folder}: pass a folder written by save_organism or by "
-            f"`python -m probe_sae.models.organism_train --out DIR`."
+            f"`python -m probe_sae.organism.train --out DIR`."
         )
     try:
         doc = json.loads(path.read_text())
@@ -140,21 +134,21 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     ):
         raise OrganismFormatError(
             f"{path} is not organism format {FORMAT} v{FORMAT_VERSION}; retrain it with "
-            f"`python -m probe_sae.models.organism_train --out {folder}`."
+            f"`python -m probe_sae.organism.train --out {folder}`."
         )
     return doc
 
 
 def load_organism_module(folder: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """The bare timm ViT (float32, eval mode) from a folder written by `save_organism`."""
-    from probe_sae.data.synthetic import KIND_NAMES
+    from probe_sae.organism.world import KIND_NAMES
 
     doc = read_config(folder)
     if doc.get("kind_names") != list(KIND_NAMES):
         raise OrganismFormatError(
             f"The organism in {folder} was trained on other object kinds than this version of "
-            f"probe_sae.data.synthetic draws; retrain it with "
-            f"`python -m probe_sae.models.organism_train --out {folder}`."
+            f"probe_sae.organism.world draws; retrain it with "
+            f"`python -m probe_sae.organism.train --out {folder}`."
         )
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
@@ -164,61 +158,6 @@ def load_organism_module(folder: str | Path, device: torch.device | str = "cpu")
     module = build_vit(OrganismConfig(**doc["architecture"]))
     module.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     return module.to(device).eval()
-
-
-def _weights_folder(train_if_missing: bool) -> Path:
-    """The packaged weights, else the cached ones, else (when allowed) freshly trained ones."""
-    for folder in (PACKAGED_DIR, cache_dir() / "organism"):
-        if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
-            return folder
-    folder = cache_dir() / "organism"
-    if not train_if_missing:
-        raise FileNotFoundError(
-            f"No organism weights in {PACKAGED_DIR} (package data) or {folder} (cache); call "
-            f"load_organism(train_if_missing=True) or run "
-            f"`python -m probe_sae.models.organism_train --out {folder}`."
-        )
-    from .organism_train import train_and_save
-
-    train_and_save(folder)
-    return folder
-
-
-def _preprocess(size: int) -> Callable[[Any], Tensor]:
-    """PIL RGB image -> (3, size, size) float32 in [0, 1], bilinear resize."""
-    from PIL import Image
-
-    def transform(image: Any) -> Tensor:
-        resized = image.resize((size, size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-    return transform
-
-
-def load_organism(
-    device: torch.device | str = "cpu",
-    path: str | Path | None = None,
-    train_if_missing: bool = True,
-) -> VisionModel:
-    """The organism as a `VisionModel` (``load_model("organism")``).
-
-    Weights come from ``path`` if given, else from the package, else from ``cache_dir()/organism``;
-    if neither exists and ``train_if_missing``, the organism is trained once (about 2.5 minutes
-    on 2 CPU cores, with a progress bar) and cached there.
-    """
-    folder = Path(path) if path is not None else _weights_folder(train_if_missing)
-    module = load_organism_module(folder, device)
-    size = int(module.patch_embed.img_size[0])
-    model = wrap(
-        module,
-        preprocess=_preprocess(size),
-        token_layout=vit_layout(module),
-        input_size=(size, size),
-        blocks="blocks",
-        name="organism",
-    )
-    model.spec = "organism" if path is None else f"organism:{Path(path).resolve()}"
-    return model
 
 
 def head_directions(model: VisionModel | nn.Module, fold_norm: bool = False) -> Tensor:

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe_sae import hooks
 from probe_sae.data.images import image_source, to_batch
+from probe_sae.interventions.splice import check_width, splice
 from probe_sae.models.layout import TokenSelection
 from probe_sae.saes import SAE
 
@@ -179,8 +181,6 @@ def spliced_fidelity(
         report = spliced_fidelity(model, "blocks.2", sae, images, labels=presence)
         print(report.to_markdown())
     """
-    from probe_sae import hooks
-    from probe_sae.interventions.splice import check_width, splice
 
     if ablation not in ("mean", "zero"):
         raise ValueError(f"ablation must be 'mean' or 'zero', got {ablation!r}")

@@ -27,8 +27,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-FORMAT = "probe_sae.activation_cache"
-FORMAT_VERSION = 1
+from probe_sae.constants import CACHE_FORMAT as FORMAT
+from probe_sae.constants import CACHE_FORMAT_VERSION as FORMAT_VERSION
+from probe_sae.constants import CACHE_MANIFEST_NAME
+
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -56,7 +58,7 @@ def write_cache(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "manifest.json").exists():
+    if (out / CACHE_MANIFEST_NAME).exists():
         raise FileExistsError(f"{out} already holds a cache; remove it or choose another folder")
     widths = source.widths()
     np_dtype = _DTYPES[dtype]
@@ -122,14 +124,14 @@ def write_cache(
     }
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    os.replace(tmp, out / CACHE_MANIFEST_NAME)
     return out
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``manifest.json`` of a cache folder written by :func:`write_cache` (layers, widths,
     shards, token counts, metadata); raises when the folder is not a complete cache."""
-    path = Path(folder) / "manifest.json"
+    path = Path(folder) / CACHE_MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"{folder} holds no manifest.json: not a (complete) activation cache"
@@ -145,7 +147,7 @@ class CachedTokens:
 
     Each epoch visits the shards in a seeded order, ``shards_per_group`` at a time; a group's
     tokens are permuted together and served in batches (the last partial batch of a group is
-    dropped). Implements the :class:`~probe_sae.data.tokens.TokenSource` protocol.
+    dropped). Implements the :class:`~probe_sae.stream.tokens.TokenSource` protocol.
     """
 
     def __init__(

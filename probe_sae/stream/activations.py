@@ -24,6 +24,7 @@ from torch import Tensor
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.data.images import image_source, to_batch
 from probe_sae.data.loader import PrefetchingReader, resolve_workers
+from probe_sae.hooks import capture
 
 _MIX = 1_000_003
 
@@ -45,7 +46,7 @@ def _window_seed(seed: int, epoch: int, window: int) -> int:
 
 
 class ActivationStream:
-    """A resumable :class:`~probe_sae.data.tokens.TokenSource` over a live model.
+    """A resumable :class:`~probe_sae.stream.tokens.TokenSource` over a live model.
 
     Args:
         model: a ``VisionModel`` (``load_model`` / ``wrap`` / the organism).
@@ -83,13 +84,10 @@ class ActivationStream:
         drop_last: bool = True,
         num_workers: int | None = None,
     ) -> None:
-        from probe_sae.hooks import capture  # models sit to the left of data in the layout
-
         model_on_cpu = on_cpu(getattr(model, "device", None))
         if model_on_cpu:
             tune_cpu_allocator()
 
-        self._capture = capture
         self.model, self.source = model, image_source(images)
         specs = [layers] if isinstance(layers, (str, int)) else list(layers)
         if not specs:
@@ -201,7 +199,7 @@ class ActivationStream:
                     break
                 if images[0] is not None:
                     pixels = to_batch(images, self.model.preprocess)
-                    captured = self._capture(
+                    captured = capture(
                         self.model, pixels, [next(iter(self.layer_specs.values()))], self.tokens
                     )
                     self._tokens_per_image = next(iter(captured.values())).tokens_per_image
@@ -241,7 +239,7 @@ class ActivationStream:
         if not readable:
             return _Captured(key, len(images), [], {}, 0, None)
         pixels = to_batch([im for _, im in readable], self.model.preprocess)
-        captured = self._capture(self.model, pixels, list(self.layer_specs.values()), self.tokens)
+        captured = capture(self.model, pixels, list(self.layer_specs.values()), self.tokens)
         first = captured[self._capture_key(self.layer_keys[0])]
         return _Captured(
             key,
