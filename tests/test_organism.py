@@ -120,7 +120,7 @@ def test_first_use_trains_once_then_loads_from_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(organism, "PACKAGED_DIR", tmp_path / "not_installed")
     monkeypatch.setenv("PROBE_SAE_CACHE", str(tmp_path / "cache"))
     assert organism.cache_dir() == tmp_path / "cache"
-    with pytest.raises(FileNotFoundError, match="organism.train --out"):
+    with pytest.raises(FileNotFoundError, match=r"organism\.train --out"):
         organism_load.load_organism(train_if_missing=False)
     calls = []
     real = organism_train.train_and_save
@@ -144,7 +144,7 @@ def test_first_use_trains_once_then_loads_from_cache(monkeypatch, tmp_path):
 
 
 def test_bad_folders_say_how_to_fix(tmp_path):
-    with pytest.raises(organism.OrganismFormatError, match="organism.train --out"):
+    with pytest.raises(organism.OrganismFormatError, match=r"organism\.train --out"):
         organism_load.load_organism(path=tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(organism.OrganismFormatError, match="not valid JSON"):
