@@ -7,10 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
-from probe_sae.saes import SAE, build_sae
+from probe_sae.saes import SAE, SAEConfig, build_sae
 from probe_sae.saes.factory import ARCHETYPAL
 from probe_sae.stream.tokens import TensorTokenSource
-from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer
+from probe_sae.train import SAETarget, TrainConfig, Trainer
 
 #: Figures published in the seed papers, printed beside ours.
 PUBLISHED = {
@@ -51,19 +51,14 @@ def bench_sae(
     if family in ARCHETYPAL:
         if candidates is None:
             raise ValueError(f"{family} needs candidates")
-        return build_sae(
-            family,
-            d_model,
-            n_concepts,
-            candidates=candidates,
-            delta=None if family == "asae" else delta,
-            **hyper,
-        )
+        if family == "rasae":
+            hyper["delta"] = delta
+        return build_sae(family, d_model, n_concepts, candidates=candidates, **hyper)
     return build_sae(family, d_model, n_concepts, seed=seed, **hyper)
 
 
 def train_on_tokens(
-    specs: dict[str, SAESpec | SAE],
+    specs: dict[str, SAEConfig | SAE],
     tokens: Tensor,
     *,
     steps: int,

@@ -17,8 +17,7 @@ from torch import Tensor
 from probe_sae.bench.common import PUBLISHED, markdown_table, train_on_tokens
 from probe_sae.metrics.dictionary import babel, coherence
 from probe_sae.metrics.reconstruction import fvu
-from probe_sae.saes import SAE
-from probe_sae.train.trainer import SAESpec
+from probe_sae.saes import SAE, JumpReLUConfig, MPConfig, ReLUConfig, TopKConfig
 
 
 def digits(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -98,16 +97,17 @@ def mp_k_study(
     if train is None or test is None:
         train, test = digits(seed)
     specs = {
-        "mp": SAESpec("mp", n_concepts, seed=seed, options={"k": k}),
-        "topk": SAESpec("topk", n_concepts, seed=seed, options={"k": k, "aux_coeff": 0.0}),
+        "mp": MPConfig(n_concepts=n_concepts, seed=seed, k=k),
+        "topk": TopKConfig(n_concepts=n_concepts, seed=seed, k=k, aux_coeff=0.0),
         # ReLU and JumpReLU have no k: their penalties set their natural L0 (reported beside),
         # and at inference they keep their k largest codes
-        "relu": SAESpec("relu", n_concepts, seed=seed, options={"l1_coeff": relu_l1}),
-        "jumprelu": SAESpec(
-            "jumprelu",
-            n_concepts,
+        "relu": ReLUConfig(n_concepts=n_concepts, seed=seed, l1_coeff=relu_l1),
+        "jumprelu": JumpReLUConfig(
+            n_concepts=n_concepts,
             seed=seed,
-            options={"l0_coeff": jumprelu_l0, "bandwidth": 0.05, "init_threshold": 0.05},
+            l0_coeff=jumprelu_l0,
+            bandwidth=0.05,
+            init_threshold=0.05,
         ),
     }
     saes = train_on_tokens(

@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 from probe_sae.bench.common import K_FAMILIES, PUBLISHED, bench_sae, markdown_table, train_on_tokens
 from probe_sae.metrics.dictionary import mean_pairwise_stability
 from probe_sae.metrics.reconstruction import fvu
-from probe_sae.saes import SAE, kmeans
+from probe_sae.saes import SAE, SAEConfig, family_config, kmeans
 from probe_sae.saes.factory import ARCHETYPAL
-from probe_sae.train.trainer import SAESpec
 
 
 @dataclass
@@ -99,12 +98,12 @@ def stability_study(
                     cands = shared
                 else:
                     cands = kmeans(train, n_cand, seed=seed)
-                spec: SAE | SAESpec = bench_sae(
+                spec: SAE | SAEConfig = bench_sae(
                     family, d, n_concepts, k=k, candidates=cands, delta=delta
                 )
             else:
                 options = {"k": k} if family in K_FAMILIES else {}
-                spec = SAESpec(family, n_concepts, seed=seed, options=options)
+                spec = family_config(family, n_concepts=n_concepts, seed=seed, **options)
             sae = train_on_tokens(
                 {"s": spec},
                 train,

@@ -14,14 +14,33 @@ feasible when used (the reference library applied them lazily on the next forwar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probe_sae.config import ConfigError
 from probe_sae.saes.dictionary import Dictionary
 from probe_sae.saes.sparse import SparseCodes, sparse_decode
+
+
+@dataclass(frozen=True)
+class ArchetypalConfig:
+    """An archetypal dictionary: atoms in the (relaxed) convex hull of candidate points."""
+
+    delta: float = 1.0
+    """Relaxation radius δ of RA-SAE (‖Λᵢ‖ ≤ δ); 0 gives A-SAE."""
+    n_candidates: int | None = None
+    """Candidate points (k-means centroids of the first tokens; the paper uses 32k); default:
+    max(n_concepts, min(4 × n_concepts, the tokens seen before training))."""
+
+    def __post_init__(self) -> None:
+        if self.delta < 0:
+            raise ConfigError(f"delta must be >= 0 (0 = A-SAE, > 0 = RA-SAE), got {self.delta}")
+        if self.n_candidates is not None and self.n_candidates <= 0:
+            raise ConfigError(f"n_candidates must be positive, got {self.n_candidates}")
 
 
 class ArchetypalDictionary(Dictionary):

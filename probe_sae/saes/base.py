@@ -18,6 +18,7 @@ when inputs are standardised).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from probe_sae.saes.archetypal import ArchetypalConfig, ArchetypalDictionary
+from probe_sae.saes.config import SAEConfig
 from probe_sae.saes.dictionary import Dictionary, FreeDictionary
 from probe_sae.saes.sparse import SparseCodes
 
@@ -83,25 +86,63 @@ def check_tokens(x: Tensor, d_model: int) -> None:
 
 
 class SAE(nn.Module):
-    """Base class: pre-bias, normalisation buffers, dictionary, save/load plumbing."""
+    """Base class: pre-bias, normalisation buffers, dictionary, save/load plumbing.
+
+    Args:
+        d_model: width of the layer's tokens.
+        config: the family's config (``TopKConfig(k=16)``, ...); ``n_concepts`` defaults to
+            ``expansion × d_model``. Kept, resolved, as ``sae.config``.
+        dictionary: the atoms; default a free dictionary initialised from ``config.seed``
+            (unit-norm for the families that need it). An archetypal dictionary is built
+            from candidate points: ``build_sae(config, d_model, candidates=...)``.
+    """
 
     family: ClassVar[str] = "abstract"
+    #: the family's config class
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
     #: families whose atoms must have unit norm (their default dictionary is unit-norm).
     needs_unit_norm: ClassVar[bool] = True
 
-    def __init__(self, d_model: int, n_concepts: int, dictionary: Dictionary | None = None) -> None:
+    def __init__(
+        self, d_model: int, config: SAEConfig | None = None, dictionary: Dictionary | None = None
+    ) -> None:
         super().__init__()
-        if d_model <= 0 or n_concepts <= 0:
-            raise ValueError(
-                f"d_model and n_concepts must be positive, got {d_model}, {n_concepts}"
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got "
+                f"{type(config).__name__}; build_sae(config, d_model) picks the class for you"
             )
-        if dictionary is None:
-            dictionary = FreeDictionary(n_concepts, d_model, unit_norm=self.needs_unit_norm)
+        if d_model <= 0:
+            raise ValueError(f"d_model must be positive, got {d_model}")
+        config = config.resolve(d_model)
+        n_concepts = int(config.n_concepts)  # type: ignore[arg-type]
+        if isinstance(dictionary, ArchetypalDictionary):
+            config = dataclasses.replace(  # type: ignore[call-arg]
+                config,
+                archetypal=ArchetypalConfig(dictionary.delta, dictionary.n_candidates),
+            )
+        elif config.archetypal_dictionary is not None:
+            raise ValueError(
+                "an archetypal dictionary is built from candidate points: use "
+                "build_sae(config, d_model, candidates=kmeans(acts, n_clusters)) or pass "
+                "dictionary=ArchetypalDictionary(...)"
+            )
+        elif dictionary is None:
+            generator = torch.Generator().manual_seed(config.seed)
+            dictionary = FreeDictionary(
+                n_concepts, d_model, unit_norm=self.needs_unit_norm, generator=generator
+            )
+        elif isinstance(dictionary, FreeDictionary) and dictionary.unit_norm != self.needs_unit_norm:
+            raise ValueError(
+                f"{self.family} needs a FreeDictionary with unit_norm={self.needs_unit_norm}"
+            )
         if (dictionary.n_concepts, dictionary.d_model) != (n_concepts, d_model):
             raise ValueError(
                 f"dictionary has shape ({dictionary.n_concepts}, {dictionary.d_model}) but the SAE "
                 f"expects ({n_concepts}, {d_model})"
             )
+        self.config = config
         self.d_model, self.n_concepts = d_model, n_concepts
         self.decoder = dictionary
         self.b_pre = nn.Parameter(torch.zeros(d_model))
@@ -116,9 +157,9 @@ class SAE(nn.Module):
     def label(self) -> str:
         """The family as people name it: ``"rasae (topk)"`` / ``"asae (topk)"`` for an encoder
         family over an archetypal dictionary (δ > 0 / δ = 0), else ``family``."""
-        if getattr(self.decoder, "kind", "free") == "archetypal":
-            name = "rasae" if float(getattr(self.decoder, "delta", 0.0)) > 0 else "asae"
-            return f"{name} ({self.family})"
+        archetypal = self.config.archetypal_dictionary
+        if archetypal is not None:
+            return f"{'rasae' if archetypal.delta > 0 else 'asae'} ({self.family})"
         return self.family
 
     # ----------------------------------------------------------------- dictionary
@@ -211,10 +252,6 @@ class SAE(nn.Module):
         """Normalised tokens → SAEOutput whose ``x_hat`` is still normalised."""
         raise NotImplementedError
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """JSON-serialisable family-specific constructor arguments."""
-        return {}
-
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into the folder ``path``."""
@@ -235,8 +272,11 @@ class LinearEncoderSAE(SAE):
     initialisation a code times its atom is the projection of the input on that atom.
     """
 
-    def __init__(self, d_model: int, n_concepts: int, dictionary: Dictionary | None = None) -> None:
-        super().__init__(d_model, n_concepts, dictionary)
+    def __init__(
+        self, d_model: int, config: SAEConfig | None = None, dictionary: Dictionary | None = None
+    ) -> None:
+        super().__init__(d_model, config, dictionary)
+        n_concepts = self.n_concepts
         with torch.no_grad():
             atoms = self.decoder.atoms()
             w_enc = atoms / atoms.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -9,35 +9,52 @@ batch; it is a buffer, so it is saved and restored with the state dict.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from probe_sae.config import ConfigError
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
+from probe_sae.saes.config import LinearEncoderConfig, SparsityConfig
 from probe_sae.saes.dictionary import Dictionary
 from probe_sae.saes.sparse import SparseCodes, selected_linear
+
+
+@dataclass(frozen=True)
+class BatchTopKConfig(SparsityConfig, LinearEncoderConfig):
+    """BatchTopK SAE (Bussmann, Leask & Nanda 2024)."""
+
+    family = "batchtopk"
+
+    threshold_momentum: float = 0.99
+    """Momentum of the running average that estimates the inference threshold θ."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.threshold_momentum < 1:
+            raise ConfigError(
+                f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}"
+            )
 
 
 class BatchTopKSAE(LinearEncoderSAE):
     """Top N·k over a batch in training; a saved threshold θ at inference."""
 
     family = "batchtopk"
+    config_class = BatchTopKConfig
+    config: BatchTopKConfig
 
     def __init__(
         self,
         d_model: int,
-        n_concepts: int,
-        k: int = 32,
-        threshold_momentum: float = 0.99,
+        config: BatchTopKConfig | None = None,
         dictionary: Dictionary | None = None,
     ) -> None:
-        super().__init__(d_model, n_concepts, dictionary)
-        if not 0 < k <= n_concepts:
-            raise ValueError(f"k must be in [1, n_concepts={n_concepts}], got {k}")
-        if not 0 <= threshold_momentum < 1:
-            raise ValueError(f"threshold_momentum must be in [0, 1), got {threshold_momentum}")
-        self.k, self.threshold_momentum = int(k), float(threshold_momentum)
+        super().__init__(d_model, config, dictionary)
+        if self.config.k > self.n_concepts:
+            raise ValueError(f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}")
+        self.k, self.threshold_momentum = self.config.k, self.config.threshold_momentum
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
 
@@ -84,6 +101,3 @@ class BatchTopKSAE(LinearEncoderSAE):
         x_hat = self.decoder.decode_sparse(codes) + self.b_pre
         rec = mse(x_hat, x_n)
         return SAEOutput(x_hat, rec, {"mse": rec.detach()}, sparse_codes=codes)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"k": self.k, "threshold_momentum": self.threshold_momentum}

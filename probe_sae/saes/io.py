@@ -1,5 +1,9 @@
 """Saving and loading SAEs as a folder: ``config.json`` + ``model.safetensors``.
 
+``config.json`` is the SAE's family config (``to_dict(sae.config)``: ``family``, ``n_concepts``,
+``k``, ...) plus the format and its version, the layer's width, the normalisation and dtype
+the weights were saved with, and where the activations came from (``provenance``).
+
 Never pickled. Files are written to temporary names and moved into place, tensors first, so
 an interrupted save leaves either the previous SAE or the new one, never a mixture.
 """
@@ -15,28 +19,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probe_sae._atomic import atomic_write
+from probe_sae.config import to_dict
 from probe_sae.constants import CONFIG_NAME, WEIGHTS_NAME, __version__
 from probe_sae.constants import SAE_FORMAT as FORMAT
 from probe_sae.constants import SAE_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.saes.base import SAE
+from probe_sae.saes.factory import sae_from_config
 
 
 class SAEFormatError(ValueError):
     """A folder that is not a loadable SAE (missing, corrupted, or of another version)."""
 
 
+#: the keys of ``config.json`` that are not fields of the family config
+STATE_KEYS = (
+    "format",
+    "format_version",
+    "probe_sae_version",
+    "d_model",
+    "normalization",
+    "dtype",
+    "provenance",
+)
+
+
 def sae_config(sae: SAE) -> dict[str, Any]:
     """The JSON config that :func:`load_sae` rebuilds ``sae`` from."""
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "probe_sae_version": __version__,
-        "family": sae.family,
+        **to_dict(sae.config),
         "d_model": sae.d_model,
-        "n_concepts": sae.n_concepts,
-        "hyperparameters": sae.hyperparameters(),
-        "dictionary": sae.decoder.config(),
         "normalization": sae.normalization,
         "dtype": str(sae.b_pre.dtype).removeprefix("torch."),
         "provenance": dict(sae.provenance),
@@ -92,8 +106,6 @@ def load_sae(
     path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> SAE:
     """Load an SAE saved by ``save_pretrained`` (any family, free or archetypal dictionary)."""
-    from probe_sae.saes.factory import sae_from_config
-
     folder = Path(path)
     cfg = _read_config(folder)
     weights = folder / WEIGHTS_NAME
@@ -108,7 +120,8 @@ def load_sae(
             f"{weights} is corrupted or truncated ({err}); save the SAE again"
         ) from err
     try:
-        sae = sae_from_config(cfg)
+        family_config = {k: v for k, v in cfg.items() if k not in STATE_KEYS}
+        sae = sae_from_config(family_config, int(cfg["d_model"]))
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(
             f"{folder / CONFIG_NAME} describes no SAE this version can build: {err}"

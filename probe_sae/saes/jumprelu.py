@@ -14,12 +14,14 @@ with the rectangle kernel ``K(u) = 1[-1/2 < u <= 1/2]``. The gradient with respe
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from probe_sae.config import ConfigError
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
+from probe_sae.saes.config import LinearEncoderConfig
 from probe_sae.saes.dictionary import Dictionary
 
 
@@ -69,26 +71,44 @@ def step(pre_NC: Tensor, threshold_C: Tensor, bandwidth: float) -> Tensor:
     return _Step.apply(pre_NC, threshold_C, bandwidth)
 
 
+@dataclass(frozen=True)
+class JumpReLUConfig(LinearEncoderConfig):
+    """JumpReLU SAE (Rajamanoharan et al. 2024)."""
+
+    family = "jumprelu"
+
+    l0_coeff: float = 1e-3
+    """Weight of the L0 penalty (the number of active concepts per token)."""
+    bandwidth: float = 1e-3
+    """Bandwidth ε of the rectangle kernel in the threshold's pseudo-gradient."""
+    init_threshold: float = 1e-3
+    """Initial threshold θ of every concept."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bandwidth <= 0 or self.init_threshold <= 0:
+            raise ConfigError("bandwidth and init_threshold must be positive")
+
+
 class JumpReLUSAE(LinearEncoderSAE):
     """Loss: per-element MSE + ``l0_coeff · mean_tokens Σ_j H(pre_j - θ_j)``."""
 
     family = "jumprelu"
+    config_class = JumpReLUConfig
+    config: JumpReLUConfig
 
     def __init__(
         self,
         d_model: int,
-        n_concepts: int,
-        l0_coeff: float = 1e-3,
-        bandwidth: float = 1e-3,
-        init_threshold: float = 1e-3,
+        config: JumpReLUConfig | None = None,
         dictionary: Dictionary | None = None,
     ) -> None:
-        super().__init__(d_model, n_concepts, dictionary)
-        if bandwidth <= 0 or init_threshold <= 0:
-            raise ValueError("bandwidth and init_threshold must be positive")
-        self.l0_coeff, self.bandwidth = float(l0_coeff), float(bandwidth)
-        self.init_threshold = float(init_threshold)
-        self.log_threshold = nn.Parameter(torch.full((n_concepts,), math.log(init_threshold)))
+        super().__init__(d_model, config, dictionary)
+        self.l0_coeff, self.bandwidth = self.config.l0_coeff, self.config.bandwidth
+        self.init_threshold = self.config.init_threshold
+        self.log_threshold = nn.Parameter(
+            torch.full((self.n_concepts,), math.log(self.init_threshold))
+        )
 
     @property
     def threshold(self) -> Tensor:
@@ -109,10 +129,3 @@ class JumpReLUSAE(LinearEncoderSAE):
         l0 = step(pre, theta, self.bandwidth).sum(dim=1).mean()
         loss = rec + self.l0_coeff * l0
         return SAEOutput(x_hat, loss, {"mse": rec.detach(), "l0": l0.detach()}, dense_codes=codes)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "l0_coeff": self.l0_coeff,
-            "bandwidth": self.bandwidth,
-            "init_threshold": self.init_threshold,
-        }

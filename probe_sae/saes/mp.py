@@ -17,13 +17,14 @@ b_pre, and not through the argmax. The loss is the plain MSE (k sets the sparsit
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from probe_sae.saes.base import SAE, SAEOutput, mse
+from probe_sae.saes.config import SparsityConfig
 from probe_sae.saes.dictionary import Dictionary, FreeDictionary
 from probe_sae.saes.sparse import SparseCodes
 
@@ -71,6 +72,13 @@ def pursue(
     return torch.stack(coefs, dim=1), residual
 
 
+@dataclass(frozen=True)
+class MPConfig(SparsityConfig):
+    """Matching-pursuit SAE (Costa, Fel et al. 2025); ``k`` is the number of pursuit steps."""
+
+    family = "mp"
+
+
 class MPSAE(SAE):
     """Matching-pursuit SAE: ``k`` greedy steps over a unit-norm dictionary.
 
@@ -78,13 +86,11 @@ class MPSAE(SAE):
     """
 
     family = "mp"
+    config_class = MPConfig
+    config: MPConfig
 
     def __init__(
-        self,
-        d_model: int,
-        n_concepts: int,
-        k: int = 32,
-        dictionary: Dictionary | None = None,
+        self, d_model: int, config: MPConfig | None = None, dictionary: Dictionary | None = None
     ) -> None:
         if dictionary is not None and not (
             isinstance(dictionary, FreeDictionary) and dictionary.unit_norm
@@ -93,10 +99,8 @@ class MPSAE(SAE):
                 "MPSAE needs a unit-norm FreeDictionary: matching pursuit's guarantees "
                 "(monotone residual, orthogonal steps) hold only for unit-norm atoms"
             )
-        super().__init__(d_model, n_concepts, dictionary)
-        if k <= 0:
-            raise ValueError(f"k (matching-pursuit steps) must be positive, got {k}")
-        self.k = int(k)
+        super().__init__(d_model, config, dictionary)
+        self.k = self.config.k
 
     def _pursuit(self, x_c: Tensor, k: int | None) -> tuple[SparseCodes, Tensor]:
         steps = self.k if k is None else int(k)
@@ -115,6 +119,3 @@ class MPSAE(SAE):
         x_hat = x_n - residual  # = b_pre + Σ_t coef_t · D_{j_t}
         rec = mse(x_hat, x_n)
         return SAEOutput(x_hat, rec, {"mse": rec.detach()}, sparse_codes=codes)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"k": self.k}

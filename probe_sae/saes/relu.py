@@ -8,13 +8,24 @@ growing atoms does not escape the penalty.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
+from probe_sae.saes.config import LinearEncoderConfig
 from probe_sae.saes.dictionary import Dictionary
+
+
+@dataclass(frozen=True)
+class ReLUConfig(LinearEncoderConfig):
+    """ReLU SAE with a decoder-norm-weighted L1 penalty (Bricken et al. 2023; Conerly et al. 2024)."""
+
+    family = "relu"
+
+    l1_coeff: float = 1e-3
+    """Weight of the L1 penalty Σⱼ zⱼ‖Dⱼ‖."""
 
 
 class ReLUSAE(LinearEncoderSAE):
@@ -24,17 +35,15 @@ class ReLUSAE(LinearEncoderSAE):
     """
 
     family = "relu"
+    config_class = ReLUConfig
+    config: ReLUConfig
     needs_unit_norm = False
 
     def __init__(
-        self,
-        d_model: int,
-        n_concepts: int,
-        l1_coeff: float = 1e-3,
-        dictionary: Dictionary | None = None,
+        self, d_model: int, config: ReLUConfig | None = None, dictionary: Dictionary | None = None
     ) -> None:
-        super().__init__(d_model, n_concepts, dictionary)
-        self.l1_coeff = float(l1_coeff)
+        super().__init__(d_model, config, dictionary)
+        self.l1_coeff = self.config.l1_coeff
 
     def _encode(self, x_c: Tensor) -> Tensor:
         return torch.relu(self.pre_activations(x_c))
@@ -47,6 +56,3 @@ class ReLUSAE(LinearEncoderSAE):
         l1 = (codes * atoms.norm(dim=1)).sum(dim=1).mean()
         loss = rec + self.l1_coeff * l1
         return SAEOutput(x_hat, loss, {"mse": rec.detach(), "l1": l1.detach()}, dense_codes=codes)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"l1_coeff": self.l1_coeff}

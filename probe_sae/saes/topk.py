@@ -10,37 +10,62 @@ backward) are sparse, so a step costs one dense (N × d) @ (d × n_concepts) pro
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from probe_sae.config import ConfigError
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
+from probe_sae.saes.config import LinearEncoderConfig, SparsityConfig
 from probe_sae.saes.dictionary import Dictionary
 from probe_sae.saes.selection import row_topk
 from probe_sae.saes.sparse import SparseCodes, selected_linear
+
+
+@dataclass(frozen=True)
+class TopKConfig(SparsityConfig, LinearEncoderConfig):
+    """TopK SAE (Gao et al. 2024)."""
+
+    family = "topk"
+
+    aux_k: int | None = None
+    """Dead latents used by the AuxK loss; default: min(n_concepts, width / 2)."""
+    aux_coeff: float = 1 / 32
+    """Weight of the AuxK loss that revives dead latents (0 turns it off)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aux_k is not None and self.aux_k <= 0:
+            raise ConfigError(f"aux_k must be positive, got {self.aux_k}")
+        if self.aux_coeff < 0:
+            raise ConfigError(f"aux_coeff must be >= 0, got {self.aux_coeff}")
+
+    def resolve(self, d_model: int) -> TopKConfig:
+        config = super().resolve(d_model)
+        if config.aux_k is not None:
+            return config
+        aux_k = min(int(config.n_concepts), max(d_model // 2, 1))  # type: ignore[arg-type]
+        return dataclasses.replace(config, aux_k=aux_k)
 
 
 class TopKSAE(LinearEncoderSAE):
     """``z = TopK_k(ReLU(W_enc (x - b_pre) + b_enc))``, ``x_hat = z D + b_pre``."""
 
     family = "topk"
+    config_class = TopKConfig
+    config: TopKConfig
 
     def __init__(
-        self,
-        d_model: int,
-        n_concepts: int,
-        k: int = 32,
-        aux_k: int | None = None,
-        aux_coeff: float = 1 / 32,
-        dictionary: Dictionary | None = None,
+        self, d_model: int, config: TopKConfig | None = None, dictionary: Dictionary | None = None
     ) -> None:
-        super().__init__(d_model, n_concepts, dictionary)
-        if not 0 < k <= n_concepts:
-            raise ValueError(f"k must be in [1, n_concepts={n_concepts}], got {k}")
-        self.k = int(k)
-        self.aux_k = int(aux_k) if aux_k is not None else min(n_concepts, max(d_model // 2, 1))
-        self.aux_coeff = float(aux_coeff)
+        super().__init__(d_model, config, dictionary)
+        if self.config.k > self.n_concepts:
+            raise ValueError(f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}")
+        self.k = self.config.k
+        self.aux_k = int(self.config.aux_k)  # type: ignore[arg-type]
+        self.aux_coeff = self.config.aux_coeff
 
     def _select(
         self, x: Tensor, pre: Tensor, k: int, center: Tensor | None = None
@@ -81,6 +106,3 @@ class TopKSAE(LinearEncoderSAE):
         codes = self._select(x_n, pre_dead, k_aux, center=self.b_pre)
         residual_hat = self.decoder.decode_sparse(codes)
         return (residual_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"k": self.k, "aux_k": self.aux_k, "aux_coeff": self.aux_coeff}

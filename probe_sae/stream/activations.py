@@ -22,9 +22,13 @@ import torch
 from torch import Tensor
 
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
-from probe_sae.data.images import image_source, to_batch
+from probe_sae.config import replace_fields
+from probe_sae.data.images import Images, image_source, to_batch
 from probe_sae.data.loader import PrefetchingReader, resolve_workers
 from probe_sae.hooks import capture
+from probe_sae.models import VisionModel
+from probe_sae.models.layout import TokenSelection
+from probe_sae.stream.config import StreamConfig
 
 _MIX = 1_000_003
 
@@ -49,41 +53,30 @@ class ActivationStream:
     """A resumable :class:`~probe_sae.stream.tokens.TokenSource` over a live model.
 
     Args:
-        model: a ``VisionModel`` (``load_model`` / ``wrap`` / the organism).
+        model: the hooked model (``load_model`` / ``wrap`` / the organism).
         images: a folder path, a (N, C, H, W) tensor, a Dataset or an iterable of PIL images.
         layers: one layer (name, ``"blocks.i"`` or block index) or several; batches are keyed
             by the layer as given (an index ``i`` becomes ``"blocks.i"``).
-        tokens: ``"all" | "cls" | "patches" | "registers"`` or token indices.
-        batch_size: tokens per batch.
-        buffer_tokens: shuffle window size in tokens (rounded up to a multiple of batch_size).
-        image_batch_size: images per forward pass.
-        epochs: passes over the images (``None``: endless; needs a source of known length).
-        shuffle_images: visit images in a new seeded order each epoch.
+        config: token selection, batching, shuffling and passes (:class:`StreamConfig`).
         provenance: add ``"image_index"`` (position in the image source) and ``"token_index"``
             (position in the layer's token axis) to every batch.
-        drop_last: drop each epoch's last partial batch (training: every step has
-            ``batch_size`` tokens); ``False`` yields it too, so evaluation sees every token.
-        num_workers: DataLoader worker processes that read and preprocess the next image
-            batches while the model runs (folders and Datasets). Default ``None``: up to 4
-            when the model is on a GPU, none on CPU, where they would take its cores.
+        fields: :class:`StreamConfig` fields that override ``config`` (``batch_size=256``).
+
+    Example: ``ActivationStream(model, "photos/", "blocks.8", batch_size=4096, epochs=2)``.
     """
 
     def __init__(
         self,
-        model: Any,
-        images: Any,
+        model: VisionModel,
+        images: Images,
         layers: str | int | Sequence[str | int],
-        tokens: Any = "all",
-        batch_size: int = 1024,
-        buffer_tokens: int = 65536,
-        image_batch_size: int = 32,
-        epochs: int | None = 1,
-        shuffle_images: bool = False,
-        seed: int = 0,
+        config: StreamConfig | None = None,
+        *,
         provenance: bool = False,
-        drop_last: bool = True,
-        num_workers: int | None = None,
+        **fields: Any,
     ) -> None:
+        config = replace_fields(config or StreamConfig(), fields)
+        self.config = config
         model_on_cpu = on_cpu(getattr(model, "device", None))
         if model_on_cpu:
             tune_cpu_allocator()
@@ -98,24 +91,20 @@ class ActivationStream:
             for key, spec in zip(self.layer_keys, specs, strict=True)
         }
         self.layer_specs = dict(zip(self.layer_keys, specs, strict=True))
-        if batch_size <= 0 or image_batch_size <= 0:
-            raise ValueError("batch_size and image_batch_size must be positive")
-        self.tokens, self.batch_size, self.image_batch_size = (
-            tokens,
-            int(batch_size),
-            int(image_batch_size),
+        self.tokens: TokenSelection = config.tokens
+        self.batch_size, self.image_batch_size = config.batch_size, config.image_batch_size
+        self.buffer_tokens = -(-max(config.buffer_tokens, self.batch_size) // self.batch_size) * (
+            self.batch_size
         )
-        self.buffer_tokens = (
-            -(-max(int(buffer_tokens), self.batch_size) // self.batch_size) * self.batch_size
-        )
+        epochs, shuffle_images = config.epochs, config.shuffle_images
         if (epochs is None or shuffle_images) and self.source.length is None:
             raise ValueError(
                 "endless or image-shuffled streams need a source of known length (a list, Dataset, folder or tensor)"
             )
-        self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, int(seed)
+        self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, config.seed
         self.provenance = provenance
-        self.drop_last = bool(drop_last)
-        self.num_workers = resolve_workers(num_workers, self.source, not model_on_cpu)
+        self.drop_last = config.drop_last
+        self.num_workers = resolve_workers(config.num_workers, self.source, not model_on_cpu)
         self._reader = (
             PrefetchingReader(
                 self.source, model.preprocess, self.image_batch_size, self.num_workers

@@ -1,17 +1,20 @@
 """Online SAE training: schedules, initialisation, dead latents, checkpoints, the loop."""
 
-from probe_sae.train.api import train_sae
+from probe_sae.train.api import apply_fields, named_saes, train_sae
+from probe_sae.train.config import TrainConfig
 from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.schedule import warmup_cosine
-from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult
+from probe_sae.train.trainer import SAETarget, Trainer, TrainResult, build_for_run
 
 __all__ = [
-    "SAESpec",
     "SAETarget",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "apply_fields",
+    "build_for_run",
     "geometric_median",
+    "named_saes",
     "normalization_stats",
     "train_sae",
     "warmup_cosine",

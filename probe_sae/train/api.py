@@ -1,50 +1,155 @@
-"""One-call training: ``probe_sae.train_sae(model, layer, images, sae="rasae")``."""
+"""One-call training: ``probe_sae.train_sae(model, layer, images, sae="rasae")``.
+
+The configs of a run (each SAE's, the stream's and the training's) can be given whole, and
+any of their fields by name; a name sets that field in every config that has it (``k=16``
+sets ``k`` in every SAE whose family has one, ``seed=1`` seeds the stream and every SAE). The
+command line (``probe-sae train``) follows the same rule.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from probe_sae.saes import SAE
-from probe_sae.stream.activations import ActivationStream
-from probe_sae.train.trainer import SAESpec, SAETarget, TrainConfig, Trainer, TrainResult
+from probe_sae.config import ConfigError, config_fields, replace_fields
+from probe_sae.data.images import Images
+from probe_sae.models import VisionModel
+from probe_sae.saes import SAE, SAEConfig, family_config
+from probe_sae.saes.archetypal import ArchetypalConfig
+from probe_sae.stream import ActivationStream, StreamConfig
+from probe_sae.stream.tokens import TokenSource
+from probe_sae.train.config import TrainConfig
+from probe_sae.train.trainer import SAETarget, Trainer, TrainResult
+
+#: what ``train_sae(sae=...)`` takes for one SAE
+SAEChoice = str | SAEConfig | SAE
+
+
+def named_saes(
+    sae: SAEChoice | Sequence[SAEChoice] | Mapping[str, SAEChoice],
+) -> dict[str, SAEConfig | SAE]:
+    """SAEs by run name: family names become their configs (``"rasae"`` → a TopK config with
+    an archetypal dictionary) named after the family; repeated names get ``-2``, ``-3``, ..."""
+    if isinstance(sae, Mapping):
+        items = list(sae.items())
+    else:
+        wanted = [sae] if isinstance(sae, (str, SAEConfig, SAE)) else list(sae)
+        items = [(_default_name(item), item) for item in wanted]
+    out: dict[str, SAEConfig | SAE] = {}
+    for base, item in items:
+        name, i = base, 2
+        while name in out:
+            name, i = f"{base}-{i}", i + 1
+        out[name] = family_config(item) if isinstance(item, str) else item
+    return out
+
+
+def _default_name(item: SAEChoice) -> str:
+    if isinstance(item, str):
+        return item.lower()
+    if isinstance(item, SAE):
+        return item.family
+    archetypal = item.archetypal_dictionary
+    if archetypal is None:
+        return item.family
+    return "rasae" if archetypal.delta > 0 else "asae"
+
+
+def apply_fields(
+    saes: Mapping[str, SAEConfig | SAE],
+    stream: StreamConfig,
+    train: TrainConfig,
+    fields: Mapping[str, Any],
+) -> tuple[dict[str, SAEConfig | SAE], StreamConfig, TrainConfig]:
+    """Set each of ``fields`` in every config that has it (SAE configs, their archetypal
+    dictionaries, the stream's, the training's).
+
+    A name that no config here has raises :class:`~probe_sae.config.ConfigError` saying which
+    families or configs do have it.
+    """
+    used: set[str] = set()
+
+    def take(config: Any) -> Any:
+        names = {f.name for f in config_fields(type(config))}
+        mine = {k: v for k, v in fields.items() if k in names}
+        used.update(mine)
+        return replace_fields(config, mine)
+
+    stream, train = take(stream), take(train)
+    out: dict[str, SAEConfig | SAE] = {}
+    for name, item in saes.items():
+        if isinstance(item, SAE):
+            out[name] = item
+            continue
+        config = take(item)
+        archetypal = getattr(config, "archetypal", None)
+        if archetypal is not None:
+            config = dataclasses.replace(config, archetypal=take(archetypal))
+        out[name] = config
+    unused = sorted(set(fields) - used)
+    if unused:
+        raise ConfigError(_unused_message(unused, out))
+    return out, stream, train
+
+
+def _unused_message(unused: list[str], saes: Mapping[str, SAEConfig | SAE]) -> str:
+    from probe_sae.saes import registered_families
+
+    owners = []
+    for field_name in unused:
+        where = [
+            family
+            for family, cls in registered_families().items()
+            if field_name in {f.name for f in config_fields(cls)}
+        ]
+        if field_name in {f.name for f in config_fields(ArchetypalConfig)}:
+            where.append("asae/rasae (archetypal dictionaries)")
+        owners.append(f"{field_name} ({'fields of ' + ', '.join(where) if where else 'unknown'})")
+    configs = [f"{name}: {item.family}" for name, item in saes.items()]
+    return (
+        f"no SAE, stream or training setting here takes {'; '.join(owners)}; this run trains "
+        f"{', '.join(configs)}. Unknown names: check the spelling against StreamConfig, "
+        "TrainConfig and the SAE family configs"
+    )
+
+
+def steps_for_epochs(source: TokenSource, epochs: int | None, batch_size: int) -> int:
+    """Training steps of ``epochs`` passes over an image stream (each drops its last partial
+    batch)."""
+    length = getattr(getattr(source, "source", None), "length", None)
+    if epochs is None or length is None or not isinstance(source, ActivationStream):
+        raise ValueError("set max_steps: the number of images is unknown or the stream is endless")
+    return max(1, epochs * ((length * source.tokens_per_image()) // batch_size))
 
 
 def train_sae(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    images: Any,
-    sae: str | SAE | SAESpec | Sequence[str | SAE | SAESpec] = "topk",
+    images: Images,
+    sae: SAEChoice | Sequence[SAEChoice] | Mapping[str, SAEChoice] = "topk",
     *,
-    n_concepts: int | None = None,
-    expansion: int = 8,
-    k: int | None = 32,
-    tokens: Any = "all",
-    batch_size: int = 1024,
-    buffer_tokens: int = 65536,
-    image_batch_size: int = 32,
-    num_workers: int | None = None,
-    epochs: int | None = 1,
-    max_steps: int | None = None,
-    seed: int = 0,
-    resume: str | None = None,
-    **config: Any,
+    stream: StreamConfig | None = None,
+    train: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    **fields: Any,
 ) -> TrainResult:
     """Stream ``layer``'s activations over ``images`` into one or several SAEs, online.
 
     Args:
-        model: a ``VisionModel`` (``load_model`` / ``wrap`` / the organism).
+        model: the hooked model (``load_model`` / ``wrap`` / the organism).
         layer: the layer to hook (name, ``"blocks.i"`` or block index).
         images: a folder, a (N, C, H, W) tensor, a Dataset or an iterable of PIL images.
-        sae: a family name (``"topk" | "batchtopk" | "jumprelu" | "relu" | "mp" | "asae" |
-            "rasae"``), an SAE, an :class:`SAESpec`, or a list of them (all trained from the
-            same forward passes).
-        n_concepts / expansion: dictionary size (default ``expansion × d``).
-        k: sparsity for the k-based families (ignored by the others).
-        num_workers: processes that read and preprocess images ahead of the model (see
-            :class:`~probe_sae.stream.activations.ActivationStream`).
-        max_steps: training steps (default: one pass over the images with ``epochs=1``).
-        config: further :class:`TrainConfig` fields (``lr``, ``checkpoint_dir``, ...).
+        sae: a family name (see ``available_families()``), an SAE config (``TopKConfig(k=16)``),
+            an SAE, or a list or ``{run name: ...}`` dict of them, all trained from the same
+            forward passes.
+        stream: how images become batches of tokens (:class:`StreamConfig`).
+        train: optimisation settings (:class:`TrainConfig`); ``max_steps`` defaults to the
+            stream's epochs over the images.
+        resume: a checkpoint folder of an interrupted run to continue exactly.
+        fields: any field of the configs above by name, set wherever it applies
+            (``n_concepts=512, k=16, batch_size=256, epochs=2, lr=1e-3, seed=0``).
 
     Returns:
         A :class:`TrainResult`; ``result.saes`` maps run names (the family names) to SAEs.
@@ -52,50 +157,31 @@ def train_sae(
     Example::
 
         model = probe_sae.load_model("organism")
-        result = probe_sae.train_sae(model, "blocks.2", images, sae=["topk", "rasae", "mp"])
+        result = probe_sae.train_sae(model, "blocks.2", images, sae=["topk", "rasae", "mp"], k=16)
     """
-    stream = ActivationStream(
-        model,
-        images,
-        layer,
-        tokens=tokens,
-        batch_size=batch_size,
-        buffer_tokens=buffer_tokens,
-        image_batch_size=image_batch_size,
-        num_workers=num_workers,
-        epochs=epochs,
-        seed=seed,
+    saes, stream_config, train_config = apply_fields(
+        named_saes(sae), stream or StreamConfig(), train or TrainConfig(), fields
     )
-    key = stream.layer_keys[0]
-    wanted = [sae] if isinstance(sae, (str, SAE, SAESpec)) else list(sae)
-    targets, names = [], set()
-    for item in wanted:
-        if isinstance(item, str):
-            options = (
-                {"k": k}
-                if k is not None and item.lower() in ("topk", "batchtopk", "mp", "asae", "rasae")
-                else {}
-            )
-            spec: SAE | SAESpec = SAESpec(
-                item.lower(), n_concepts, expansion, seed=seed, options=options
-            )
-            name = item.lower()
-        elif isinstance(item, SAESpec):
-            spec, name = item, item.family.lower()
+    source = ActivationStream(model, images, layer, stream_config)
+    return train_from_source(saes, source, train_config, resume=resume)
+
+
+def train_from_source(
+    saes: Mapping[str, SAEConfig | SAE],
+    source: ActivationStream,
+    config: TrainConfig,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """Train the named SAEs on the first layer of an activation stream; ``max_steps``
+    defaults to the stream's epochs over its images."""
+    if config.max_steps is None:
+        try:
+            steps = steps_for_epochs(source, source.epochs, source.batch_size)
+        except ValueError:
+            if config.max_tokens is None:
+                raise
         else:
-            spec, name = item, item.family
-        base, i = name, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.add(name)
-        targets.append(SAETarget(name, key, spec))
-    if max_steps is None:
-        if epochs is None or stream.source.length is None:
-            raise ValueError(
-                "set max_steps: the number of images is unknown or the stream is endless"
-            )
-        # each epoch drops its last partial batch
-        max_steps = max(
-            1, epochs * ((stream.source.length * stream.tokens_per_image()) // batch_size)
-        )
-    return Trainer(targets, stream, TrainConfig(max_steps=max_steps, **config)).run(resume=resume)
+            config = dataclasses.replace(config, max_steps=steps)
+    key = source.layer_keys[0]
+    targets = [SAETarget(name, key, item) for name, item in saes.items()]
+    return Trainer(targets, source, config).run(resume=resume)

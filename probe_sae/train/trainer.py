@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,83 +24,48 @@ from tqdm.auto import tqdm
 
 from probe_sae._atomic import atomic_write
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
+from probe_sae.config import to_dict
 from probe_sae.constants import TRAINING_LOG
 from probe_sae.metrics.reconstruction import ReconstructionStats
-from probe_sae.saes import SAE, build_sae, kmeans, load_sae
-from probe_sae.saes.factory import ARCHETYPAL
+from probe_sae.saes import SAE, SAEConfig, build_sae, kmeans, load_sae
 from probe_sae.stream.tokens import TokenSource
 from probe_sae.train import checkpoint as ckpt
+from probe_sae.train.config import TrainConfig
 from probe_sae.train.dead import FiringTracker
 from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.schedule import warmup_cosine
 
 
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a training run (shared by all its SAEs).
+def build_for_run(config: SAEConfig, d_model: int, first_tokens_n: Tensor) -> SAE:
+    """Build the SAE a config describes once the run has seen its first (normalised) tokens:
+    an archetypal dictionary takes its candidates from them (k-means, seeded by the config).
 
-    ``max_steps`` or ``max_tokens`` bounds the run (else: until the source is exhausted, which
-    then needs ``max_steps`` for the learning-rate schedule). ``dead_window`` is in tokens.
+    ``n_candidates`` defaults to ``max(n_concepts, min(4 × n_concepts, first tokens))``.
     """
-
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    lr: float = 5e-4
-    warmup_steps: int = 50
-    final_lr_fraction: float = 0.05
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0
-    normalization: str = "standardize"
-    init_tokens: int = 16384
-    dead_window: int = 10_000_000
-    dense_threshold: float = 1e-2
-    log_every: int = 50
-    checkpoint_every: int | None = None
-    checkpoint_dir: str | None = None
-    keep_checkpoints: int = 2
-    progress: bool = True
-
-
-@dataclass
-class SAESpec:
-    """An SAE to build once the run has seen its first tokens (its width and, for archetypal
-    families, its candidates come from the data).
-
-    ``n_concepts`` defaults to ``expansion × d``; ``n_candidates`` (archetypal) to
-    ``max(n_concepts, min(4 × n_concepts, init tokens))``.
-    """
-
-    family: str
-    n_concepts: int | None = None
-    expansion: int = 8
-    n_candidates: int | None = None
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def build(self, d_model: int, first_tokens_n: Tensor) -> SAE:
-        n_concepts = self.n_concepts or self.expansion * d_model
-        extra = dict(self.options)
-        if self.family.lower() in ARCHETYPAL:
-            n_cand = self.n_candidates or max(
-                n_concepts, min(4 * n_concepts, first_tokens_n.shape[0])
-            )
-            if first_tokens_n.shape[0] < n_cand:
-                raise ValueError(
-                    f"{self.family} needs {n_cand} candidates but the run's first sample has only "
-                    f"{first_tokens_n.shape[0]} tokens: raise TrainConfig.init_tokens"
-                )
-            extra["candidates"] = kmeans(first_tokens_n, n_cand, seed=self.seed)
-        return build_sae(self.family, d_model, n_concepts, seed=self.seed, **extra)
+    config = config.resolve(d_model)
+    archetypal = config.archetypal_dictionary
+    if archetypal is None:
+        return build_sae(config, d_model)
+    n_concepts = int(config.n_concepts)  # type: ignore[arg-type]
+    n_tokens = first_tokens_n.shape[0]
+    n_cand = archetypal.n_candidates or max(n_concepts, min(4 * n_concepts, n_tokens))
+    if n_tokens < n_cand:
+        raise ValueError(
+            f"{config.family} needs {n_cand} archetypal candidates but the run's first sample has "
+            f"only {n_tokens} tokens: raise TrainConfig.init_tokens"
+        )
+    candidates = kmeans(first_tokens_n, n_cand, seed=config.seed)
+    return build_sae(config, d_model, candidates=candidates)
 
 
 @dataclass
 class SAETarget:
-    """One SAE trained on one layer of the source, saved under ``name``."""
+    """One SAE trained on one layer of the source, saved under ``name``: an SAE, or the config
+    of one to build from the run's first tokens."""
 
     name: str
     layer: str
-    sae: SAE | SAESpec
+    sae: SAE | SAEConfig
 
 
 @dataclass
@@ -232,7 +197,7 @@ class Trainer:
     Example::
 
         source = TensorTokenSource(acts, batch_size=1024)
-        result = Trainer([SAETarget("topk", "tokens", SAESpec("topk", k=32))], source,
+        result = Trainer([SAETarget("topk", "tokens", TopKConfig(k=32))], source,
                          TrainConfig(max_steps=1000)).run()
     """
 
@@ -303,7 +268,7 @@ class Trainer:
             x = first[t.layer]
             mean, scale = normalization_stats(x, self.config.normalization)
             x_n = (x - mean) / scale
-            sae = t.sae.build(x.shape[1], x_n) if isinstance(t.sae, SAESpec) else t.sae
+            sae = t.sae if isinstance(t.sae, SAE) else build_for_run(t.sae, x.shape[1], x_n)
             sae.set_normalization(
                 mean.to(sae.b_pre), scale.to(sae.b_pre), self.config.normalization
             )
@@ -352,7 +317,7 @@ class Trainer:
         state = {
             "step": self.step,
             "tokens": self.tokens,
-            "config": asdict(self.config),
+            "config": to_dict(self.config),
             "source": self.source.state_dict(),
             "targets": [{"name": r.name, "layer": r.layer} for r in self.runs],
             "metrics": self.metrics,

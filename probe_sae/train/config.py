@@ -1,0 +1,61 @@
+"""``TrainConfig``: the optimisation settings of a training run, shared by all its SAEs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from probe_sae.config import ConfigError
+
+Normalization = Literal["standardize", "scalar", "none"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, initialisation, dead-latent window, logging and checkpoints."""
+
+    max_steps: int | None = None
+    """Training steps; default: one pass over the stream's epochs (train_sae, probe-sae train)."""
+    max_tokens: int | None = None
+    """Stop after this many tokens (the smaller of the two bounds wins)."""
+    lr: float = 5e-4
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 50
+    """Linear warm-up steps before the cosine decay."""
+    final_lr_fraction: float = 0.05
+    """Learning rate at the end of the cosine decay, as a fraction of lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient norm of each SAE to this (none: no clipping)."""
+    normalization: Normalization = "standardize"
+    """Map raw activations into the SAE's space: per-dimension standardize, one scalar scale, or none."""
+    init_tokens: int = 16384
+    """Tokens seen before training for normalisation, b_pre and archetypal candidates."""
+    dead_window: int = 10_000_000
+    """A latent that has not fired for this many tokens counts as dead."""
+    dense_threshold: float = 1e-2
+    """A latent firing on more than this fraction of tokens counts as dense."""
+    log_every: int = 50
+    """Steps between rows of the metrics log."""
+    checkpoint_every: int | None = None
+    """Steps between checkpoints (none: only at the end and on Ctrl-C, when checkpoint_dir is set)."""
+    checkpoint_dir: str | None = None
+    """Folder for checkpoints (probe-sae train: OUT/checkpoints when checkpoint_every is set)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_tokens", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive or none, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("warmup_steps", "init_tokens", "dead_window", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 0 or (name != "warmup_steps" and getattr(self, name) == 0):
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
