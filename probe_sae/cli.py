@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from probe_sae.constants import RUN_CONFIG_NAME
+
+if TYPE_CHECKING:
+    from probe_sae.models import VisionModel
+    from probe_sae.run import RunConfig
+    from probe_sae.saes import SAE
 
 MODEL_HELP = (
     "model spec as in probe_sae.load_model: 'organism', 'open_clip:ViT-B-32/openai', "
@@ -28,39 +35,7 @@ class UsageError(Exception):
     """A mistake in the command line; printed as one line, exit status 2."""
 
 
-@dataclass
-class Images:
-    source: Any  # a folder path or an (N, C, H, W) tensor
-    labels: Any = None  # (N, n_kinds) presence for synthetic images
-    description: str = ""
-
-
-def parse_images(spec: str) -> Images:
-    """``synthetic:N[:SEED]`` or a folder of images."""
-    if spec.startswith("synthetic:"):
-        parts = spec.split(":")
-        try:
-            n = int(parts[1])
-            seed = int(parts[2]) if len(parts) > 2 else 0
-        except (IndexError, ValueError):
-            raise UsageError(
-                f"cannot read {spec!r}: write synthetic:N or synthetic:N:SEED, e.g. synthetic:2000"
-            ) from None
-        if n <= 0:
-            raise UsageError(f"{spec!r}: the number of images must be positive")
-        from probe_sae.organism.world import generate
-
-        world = generate(n, seed=seed)
-        return Images(world.images, world.presence, f"{n} synthetic collages (seed {seed})")
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise UsageError(
-            f"no folder {spec!r}: pass a folder of images or synthetic:N (built-in collages)"
-        )
-    return Images(str(folder), None, f"images under {folder}")
-
-
-def load_model_or_exit(spec: str) -> Any:
+def load_model_or_exit(spec: str) -> VisionModel:
     from probe_sae import load_model
 
     try:
@@ -69,10 +44,11 @@ def load_model_or_exit(spec: str) -> Any:
         raise UsageError(f"cannot load model {spec!r}: {_one_line(err)}") from None
 
 
-def resolve_layer_or_exit(model: Any, layer: str) -> str:
-    key: str | int = int(layer) if layer.lstrip("-").isdigit() else layer
+def resolve_layer_or_exit(model: VisionModel, layer: str) -> str:
+    from probe_sae.run import resolve_layer
+
     try:
-        return model.resolve(key)
+        return resolve_layer(model, layer)
     except (ValueError, KeyError) as err:
         raise UsageError(
             f"{_one_line(err)} (run 'probe-sae layers {model.spec or model.name}' to list them)"
@@ -84,7 +60,7 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _load_saes(folders: list[str]) -> dict[str, Any]:
+def _load_saes(folders: list[str]) -> dict[str, SAE]:
     from probe_sae.saes import load_sae
 
     saes = {}
@@ -97,7 +73,7 @@ def _load_saes(folders: list[str]) -> dict[str, Any]:
     return saes
 
 
-def _model_for(saes: dict[str, Any], spec: str | None) -> Any:
+def _model_for(saes: dict[str, SAE], spec: str | None) -> VisionModel:
     if spec is not None:
         return load_model_or_exit(spec)
     specs = {sae.provenance.get("model") for sae in saes.values()}
@@ -108,7 +84,7 @@ def _model_for(saes: dict[str, Any], spec: str | None) -> Any:
     return load_model_or_exit(specs.pop())
 
 
-def _layer_for(model: Any, sae: Any, layer: str | None) -> str:
+def _layer_for(model: VisionModel, sae: SAE, layer: str | None) -> str:
     if layer is not None:
         return resolve_layer_or_exit(model, layer)
     if "layer" not in sae.provenance:
@@ -132,37 +108,14 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from probe_sae import train_sae
+    from probe_sae.run import train_run
 
-    model = load_model_or_exit(args.model)
-    layer = resolve_layer_or_exit(model, args.layer)
-    images = parse_images(args.images)
-    config: dict[str, Any] = {"lr": args.lr, "log_every": args.log_every}
-    if args.checkpoint_every:
-        config.update(
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=str(Path(args.out) / "checkpoints"),
-        )
-    result = train_sae(
-        model,
-        layer,
-        images.source,
-        sae=args.sae,
-        n_concepts=args.n_concepts,
-        expansion=args.expansion,
-        k=args.k,
-        tokens=args.tokens,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        resume=args.resume,
-        **config,
-    )
-    folders = result.save(args.out)
-    print(f"trained {', '.join(folders)} on {model.name} {layer} over {images.description}:")
-    print(f"{result.steps} steps, {result.tokens:,} tokens")
+    run = run_config_from_args(args)
+    model = load_model_or_exit(run.model)
+    layer = resolve_layer_or_exit(model, run.layer)
+    result, folders = train_run(run, resume=args.resume, model=model)
+    print(f"trained {', '.join(folders)} on {model.name} {layer} over {run.images}:")
+    print(f"{result.steps} steps, {result.tokens:,} tokens; run config: {Path(run.out) / RUN_CONFIG_NAME}")
     for name, folder in folders.items():
         rows = [r for r in result.metrics if r["name"] == name]
         last = f"FVU {rows[-1]['fvu']:.4f}, L0 {rows[-1]['l0']:.1f}" if rows else "no metrics"
@@ -173,6 +126,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run ``probe-sae train`` asks for: ``--config`` (or the defaults) with every flag
+    given on the command line applied on top."""
+    from probe_sae.run import RunConfig, read_run_config
+    from probe_sae.train import apply_fields, named_saes
+
+    given = {name: getattr(args, name) for name in args.run_fields if hasattr(args, name)}
+    if args.config is not None:
+        run = read_run_config(args.config)
+        where = {k: v for k, v in (("model", args.model), ("layer", args.layer),
+                                   ("images", args.images), ("out", args.out)) if v is not None}
+        run = replace(run, **where)
+        if args.sae is not None:
+            run = replace(run, saes=named_saes(args.sae))
+    else:
+        missing = [name for name in ("model", "layer", "images") if getattr(args, name) is None]
+        if missing:
+            raise UsageError(
+                f"give {', '.join('--' + m if m != 'model' else 'MODEL' for m in missing)}, "
+                "or --config run.json (written by an earlier run)"
+            )
+        run = RunConfig(args.model, args.layer, args.images, named_saes(args.sae or ["topk"]))
+        if args.out is not None:
+            run = replace(run, out=args.out)
+    saes, stream, train = apply_fields(run.saes, run.stream, run.train, given)
+    return replace(run, saes=saes, stream=stream, train=train)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from probe_sae.interventions import spliced_fidelity
     from probe_sae.metrics import evaluate
@@ -180,6 +161,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     saes = _load_saes(args.sae_dirs)
     model = _model_for(saes, args.model)
+    from probe_sae.run import parse_images
+
     images = parse_images(args.images)
     out: dict[str, Any] = {}
     for name, sae in saes.items():
@@ -228,6 +211,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for name, folder in zip(saes, args.sae_dirs, strict=True)
         if (Path(folder) / TRAINING_LOG).is_file()
     }
+    from probe_sae.run import parse_images
+
     images = parse_images(args.images)
     path = write_report(saes, images.source, args.out, model=model, training_logs=logs)
     print(f"report written to {Path(path).resolve()}")
@@ -261,7 +246,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 def _sub(
-    sub: Any, name: str, help: str, example: str, description: str | None = None
+    sub: argparse._SubParsersAction, name: str, help: str, example: str, description: str | None = None
 ) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
@@ -270,6 +255,26 @@ def _sub(
         epilog=f"Example: {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def run_option_classes() -> dict[type, str]:
+    """The config classes ``probe-sae train`` makes flags from, with the names its help uses."""
+    from probe_sae.saes import ArchetypalConfig, registered_families
+    from probe_sae.stream import StreamConfig
+    from probe_sae.train import TrainConfig
+
+    classes: dict[type, str] = {StreamConfig: "stream", TrainConfig: "train"}
+    classes.update({cls: name for name, cls in registered_families().items()})
+    classes[ArchetypalConfig] = "asae/rasae"
+    return classes
+
+
+def add_run_options(group: argparse._ArgumentGroup) -> list[str]:
+    """One ``--field-name`` flag per field of the run's configs; returns the field names."""
+    from probe_sae.config import add_options
+
+    classes = run_option_classes()
+    return list(add_options(group, classes, owner_names=classes, nested=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,38 +302,33 @@ def build_parser() -> argparse.ArgumentParser:
         "probe-sae train organism --layer blocks.2 --images synthetic:2000 --sae topk rasae "
         "--n-concepts 512 --k 16 --out runs/organism",
     )
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--layer", required=True, help="layer name, 'blocks.i' or a block index")
-    p.add_argument("--images", required=True, help=IMAGES_HELP)
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="RUN_JSON",
+        help="rerun the run.json an earlier run wrote (or its folder); flags override it",
+    )
+    p.add_argument("--layer", default=None, help="layer name, 'blocks.i' or a block index")
+    p.add_argument("--images", default=None, help=IMAGES_HELP)
     p.add_argument(
         "--sae",
         nargs="+",
-        default=["topk"],
+        default=None,
         choices=sorted(available_families()),
         metavar="FAMILY",
         help=f"one or several families, trained from the same forward passes: "
         f"{', '.join(sorted(available_families()))} (default: topk)",
     )
-    p.add_argument("--n-concepts", type=int, default=None, help="dictionary size")
-    p.add_argument("--expansion", type=int, default=8, help="n_concepts = expansion × width")
-    p.add_argument("--k", type=int, default=32, help="sparsity of the k-based families")
-    p.add_argument("--tokens", default="all", help="all | cls | patches | registers")
-    p.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="processes reading and preprocessing images ahead of the model "
-        "(default: up to 4 on a GPU, none on CPU)",
-    )
-    p.add_argument("--epochs", type=int, default=1, help="passes over the images")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    p.add_argument("--log-every", type=int, default=50, help="steps between metric rows")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--out", default=None, help="output folder (default: probe_sae_out/train)")
     p.add_argument("--resume", default=None, help="checkpoint folder of an interrupted run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="probe_sae_out/train", help="output folder (one per SAE)")
+    settings = p.add_argument_group(
+        "run settings",
+        "Every field of StreamConfig, TrainConfig and the SAE family configs; a flag sets the "
+        "field in every config that has it ([which ones] ends each line), e.g. --k sets k in "
+        "every SAE whose family has one. Unset flags keep the default, or --config's value.",
+    )
+    p.set_defaults(run_fields=sorted(add_run_options(settings)))
     p.set_defaults(func=_cmd_train)
 
     p = _sub(

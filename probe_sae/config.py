@@ -272,9 +272,11 @@ def add_options(
     classes: Iterable[type],
     skip: Iterable[str] = (),
     owner_names: Mapping[type, str] | None = None,
+    nested: bool = True,
 ) -> dict[str, Option]:
-    """Add a ``--field-name`` option to ``group`` for every field of ``classes`` (flattening
-    nested config fields), one option per field name; returns them by field name.
+    """Add a ``--field-name`` option to ``group`` for every field of ``classes``, one option
+    per field name; returns them by field name. Fields holding a config are flattened into
+    that config's fields, or skipped with ``nested=False`` (pass the nested class instead).
 
     An option is absent from the parsed namespace unless given (``default=SUPPRESS``), so it
     overrides a config only when the user wrote it. Its help is the field's docstring, its
@@ -285,7 +287,7 @@ def add_options(
     docs: dict[str, str] = {}
     defaults: dict[str, Any] = {}
     for cls in classes:
-        for name, tp, doc, default in _leaf_fields(cls):
+        for name, tp, doc, default in _leaf_fields(cls, nested):
             if name in skipped:
                 continue
             if name in found:
@@ -311,14 +313,16 @@ def add_options(
     return found
 
 
-def _leaf_fields(cls: type) -> list[tuple[str, Any, str, Any]]:
-    """(name, type, doc, default) of ``cls``'s fields, with nested config fields flattened."""
+def _leaf_fields(cls: type, flatten: bool = True) -> list[tuple[str, Any, str, Any]]:
+    """(name, type, doc, default) of ``cls``'s fields; nested config fields are flattened
+    (or left out)."""
     out = []
     docs, types_ = field_docs(cls), field_types(cls)
     for f in config_fields(cls):
         nested = _nested_config(types_[f.name])
         if nested is not None:
-            out.extend(_leaf_fields(nested))
+            if flatten:
+                out.extend(_leaf_fields(nested))
         else:
             out.append((f.name, types_[f.name], docs.get(f.name, ""), default_of(f)))
     return out
