@@ -45,19 +45,21 @@ def _make(family: str, impl: str):
         naive_matching_pursuit,
     )
 
-    from probe_sae import MPSAE, ArchetypalDictionary, TopKSAE
+    from probe_sae import MPSAE, ArchetypalDictionary, MPConfig, TopKConfig, TopKSAE
 
     g = torch.Generator().manual_seed(0)
     if family == "TopK":
-        sae = TopKSAE(D_MODEL, N_CONCEPTS, k=K)
+        sae = TopKSAE(D_MODEL, TopKConfig(n_concepts=N_CONCEPTS, k=K))
     elif family.startswith("RA-TopK"):
         n_cand = 8192 if "8192" in family else 32000
         cands = torch.randn(n_cand, D_MODEL, generator=g)
         sae = TopKSAE(
-            D_MODEL, N_CONCEPTS, k=K, dictionary=ArchetypalDictionary(cands, N_CONCEPTS, 1.0)
+            D_MODEL,
+            TopKConfig(n_concepts=N_CONCEPTS, k=K),
+            dictionary=ArchetypalDictionary(cands, N_CONCEPTS, 1.0),
         )
     else:
-        sae = MPSAE(D_MODEL, N_CONCEPTS, k=K)
+        sae = MPSAE(D_MODEL, MPConfig(n_concepts=N_CONCEPTS, k=K))
 
     if impl == "probe_sae":
         return sae, lambda x: sae(x).loss

@@ -225,7 +225,9 @@ def parse_value(tp: Any, text: str, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if text.lower() in NONE_WORDS and type(None) in args:
             return None
-        for option in (a for a in args if a is not type(None)):
+        # str accepts any word, so it is tried last: "0,5,6" is a tuple, "patches" a str
+        options = sorted((a for a in args if a is not type(None)), key=lambda a: a is str)
+        for option in options:
             try:
                 return parse_value(option, text, where)
             except ConfigError:

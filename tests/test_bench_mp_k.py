@@ -3,7 +3,7 @@
 import torch
 
 from probe_sae.bench.mp_k import digits, mp_k_study, reconstruct_at_k
-from probe_sae.saes import MPSAE, TopKSAE
+from probe_sae.saes import MPSAE, MPConfig, TopKConfig, TopKSAE
 
 
 def test_digits_split_and_range():
@@ -13,11 +13,11 @@ def test_digits_split_and_range():
 
 
 def test_reconstruct_at_k_restores_the_trained_k():
-    sae = TopKSAE(8, 32, k=3)
+    sae = TopKSAE(8, TopKConfig(n_concepts=32, k=3))
     x = torch.randn(10, 8)
     reconstruct_at_k(sae, x, 12)
     assert sae.k == 3
-    mp = MPSAE(8, 32, k=3)
+    mp = MPSAE(8, MPConfig(n_concepts=32, k=3))
     errors = [float((x - reconstruct_at_k(mp, x, k)).pow(2).sum()) for k in (1, 3, 9, 27)]
     assert errors == sorted(errors, reverse=True)
 

@@ -45,6 +45,9 @@ def test_save_load_gives_identical_outputs(family, tmp_path):
     ]
     loaded = load_sae(tmp_path / family)
     assert type(loaded) is type(sae) and loaded.normalization == "standardize"
+    assert loaded.config == sae.config and loaded.config.n_concepts == C
+    saved = json.loads((tmp_path / family / "config.json").read_text())
+    assert saved["family"] == sae.family and saved["format_version"] == 2
     with torch.no_grad():
         assert torch.equal(loaded.encode(x), sae.encode(x))
         assert torch.equal(loaded(x).x_hat, sae(x).x_hat)

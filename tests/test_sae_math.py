@@ -11,10 +11,15 @@ from reference_saes import dense_decode, dense_topk, naive_matching_pursuit
 from probe_sae import (
     MPSAE,
     ArchetypalDictionary,
+    BatchTopKConfig,
     BatchTopKSAE,
     FreeDictionary,
+    JumpReLUConfig,
     JumpReLUSAE,
+    MPConfig,
+    ReLUConfig,
     ReLUSAE,
+    TopKConfig,
     TopKSAE,
     build_sae,
     kmeans,
@@ -41,7 +46,7 @@ def _randomise(sae: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:
 # ----------------------------------------------------------------------------- MP-SAE
 def test_mp_residual_norm_never_increases_and_equals_reconstruction_error():
     torch.manual_seed(0)
-    sae = MPSAE(24, 96, k=40).double()
+    sae = MPSAE(24, MPConfig(n_concepts=96, k=40)).double()
     _randomise(sae)
     x = torch.randn(50, 24, dtype=torch.float64)
     previous = None
@@ -66,7 +71,9 @@ def test_mp_residual_norm_never_increases_and_equals_reconstruction_error():
 def test_mp_with_orthonormal_dictionary_equals_relu_topk():
     d = 32
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(1), dtype=torch.float64))
-    sae = MPSAE(d, d, k=6, dictionary=FreeDictionary(d, d, init=q.T.float())).double()
+    sae = MPSAE(
+        d, MPConfig(n_concepts=d, k=6), dictionary=FreeDictionary(d, d, init=q.T.float())
+    ).double()
     with torch.no_grad():
         sae.decoder.weight.copy_(q.T)
     _randomise(sae, seed=2)
@@ -81,7 +88,7 @@ def test_mp_with_orthonormal_dictionary_equals_relu_topk():
 
 def test_gram_matrix_mp_equals_naive_reference_in_codes_and_gradients():
     torch.manual_seed(0)
-    sae = MPSAE(16, 64, k=24).double()  # k > d: atoms get re-selected
+    sae = MPSAE(16, MPConfig(n_concepts=64, k=24)).double()  # k > d: atoms get re-selected
     _randomise(sae, seed=4)
     x = torch.randn(40, 16, generator=_gen(5), dtype=torch.float64)
     weights = torch.randn(40, 16, generator=_gen(6), dtype=torch.float64)
@@ -104,7 +111,7 @@ def test_gram_matrix_mp_equals_naive_reference_in_codes_and_gradients():
 
 def test_mp_inference_k_can_exceed_training_k():
     torch.manual_seed(0)
-    sae = MPSAE(16, 64, k=4)
+    sae = MPSAE(16, MPConfig(n_concepts=64, k=4))
     x = torch.randn(100, 16)
     errors = [(x - sae(x, k=k).x_hat).pow(2).sum().item() for k in (4, 8, 16, 32)]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.5 * errors[0]
@@ -112,7 +119,7 @@ def test_mp_inference_k_can_exceed_training_k():
 
 def test_mp_rejects_non_unit_norm_dictionary():
     with pytest.raises(ValueError, match="unit-norm"):
-        MPSAE(8, 16, k=2, dictionary=FreeDictionary(16, 8, unit_norm=False))
+        MPSAE(8, MPConfig(n_concepts=16, k=2), dictionary=FreeDictionary(16, 8, unit_norm=False))
 
 
 # ------------------------------------------------------------------------------- TopK
@@ -121,7 +128,7 @@ def test_mp_rejects_non_unit_norm_dictionary():
     [(80, 5), (1024, 1), (1024, 4), (1024, 8)],  # 1024 concepts: the block-maximum prefilter
 )
 def test_topk_sparse_decode_equals_dense_reference_in_value_and_gradient(n_concepts, k):
-    sae = TopKSAE(24, n_concepts, k=k).double()
+    sae = TopKSAE(24, TopKConfig(n_concepts=n_concepts, k=k)).double()
     _randomise(sae, seed=7)
     x = torch.randn(64, 24, generator=_gen(8), dtype=torch.float64)
     weights = torch.randn(64, 24, generator=_gen(9), dtype=torch.float64)
@@ -165,7 +172,7 @@ def test_selected_linear_gradients_equal_the_dense_affine_map():
 
 def test_topk_gradients_touch_only_selected_latents():
     torch.manual_seed(0)
-    sae = TopKSAE(16, 200, k=3)
+    sae = TopKSAE(16, TopKConfig(n_concepts=200, k=3))
     x = torch.randn(8, 16)
     out = sae(x)
     out.loss.backward()
@@ -179,7 +186,7 @@ def test_topk_gradients_touch_only_selected_latents():
 
 def test_topk_auxk_loss_trains_only_dead_latents():
     torch.manual_seed(0)
-    sae = TopKSAE(16, 64, k=4, aux_k=8)
+    sae = TopKSAE(16, TopKConfig(n_concepts=64, k=4, aux_k=8))
     x = torch.randn(32, 16)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[40:] = True
@@ -199,7 +206,7 @@ def test_topk_auxk_loss_trains_only_dead_latents():
 # -------------------------------------------------------------------------- BatchTopK
 def test_batchtopk_mean_l0_is_k_per_token_in_training():
     torch.manual_seed(0)
-    sae = BatchTopKSAE(16, 128, k=6)
+    sae = BatchTopKSAE(16, BatchTopKConfig(n_concepts=128, k=6))
     x = torch.randn(64, 16)
     out = sae(x)
     l0 = out.l0.float()
@@ -210,7 +217,7 @@ def test_batchtopk_mean_l0_is_k_per_token_in_training():
 
 def test_batchtopk_threshold_is_smallest_kept_activation_and_is_saved(tmp_path):
     torch.manual_seed(0)
-    sae = BatchTopKSAE(16, 128, k=6, threshold_momentum=0.5)
+    sae = BatchTopKSAE(16, BatchTopKConfig(n_concepts=128, k=6, threshold_momentum=0.5))
     x1, x2 = torch.randn(64, 16), torch.randn(64, 16)
     m1 = sae(x1).sparse_codes.values.detach().min()
     assert sae.threshold.item() == pytest.approx(m1.item())
@@ -229,7 +236,7 @@ def test_batchtopk_threshold_is_smallest_kept_activation_and_is_saved(tmp_path):
 
 
 def test_batchtopk_untrained_inference_raises():
-    sae = BatchTopKSAE(8, 16, k=2).eval()
+    sae = BatchTopKSAE(8, BatchTopKConfig(n_concepts=16, k=2)).eval()
     with pytest.raises(RuntimeError, match="no inference threshold"):
         sae.encode(torch.randn(4, 8))
 
@@ -269,7 +276,9 @@ def test_jumprelu_pseudo_gradient_estimates_the_expected_loss_derivative():
 
 def test_jumprelu_sae_codes_and_l0():
     torch.manual_seed(0)
-    sae = JumpReLUSAE(12, 40, l0_coeff=0.1, bandwidth=0.05, init_threshold=0.3)
+    sae = JumpReLUSAE(
+        12, JumpReLUConfig(n_concepts=40, l0_coeff=0.1, bandwidth=0.05, init_threshold=0.3)
+    )
     x = torch.randn(25, 12)
     out = sae(x)
     pre = (x - sae.b_pre) @ sae.W_enc.T + sae.b_enc
@@ -283,7 +292,7 @@ def test_jumprelu_sae_codes_and_l0():
 def test_relu_l1_is_weighted_by_decoder_norms():
     """Rescaling atom j by s and its encoder row by 1/s changes neither output nor loss."""
     torch.manual_seed(0)
-    sae = ReLUSAE(10, 30, l1_coeff=0.5).double()
+    sae = ReLUSAE(10, ReLUConfig(n_concepts=30, l1_coeff=0.5)).double()
     _randomise(sae, seed=12)
     x = torch.randn(20, 10, dtype=torch.float64)
     before = sae(x)
@@ -303,7 +312,7 @@ def test_relu_l1_is_weighted_by_decoder_norms():
 # ---------------------------------------------------------------- unit-norm constraint
 def test_unit_norm_gradient_projection_and_renormalisation():
     torch.manual_seed(0)
-    sae = TopKSAE(16, 32, k=4)
+    sae = TopKSAE(16, TopKConfig(n_concepts=32, k=4))
     sae(torch.randn(64, 16)).loss.backward()
     sae.prepare_gradients()
     w, g = sae.decoder.weight, sae.decoder.weight.grad
@@ -376,7 +385,9 @@ def test_archetypal_delta_zero_gives_no_nan_even_with_a_relaxation_present():
 def test_archetypal_factored_sparse_decode_equals_materialised_atoms():
     torch.manual_seed(0)
     candidates = torch.randn(300, 16, dtype=torch.float64)
-    sae = TopKSAE(16, 200, k=3, dictionary=ArchetypalDictionary(candidates, 200, 0.5)).double()
+    sae = TopKSAE(
+        16, TopKConfig(n_concepts=200, k=3), dictionary=ArchetypalDictionary(candidates, 200, 0.5)
+    ).double()
     with torch.no_grad():
         sae.decoder.weights.add_(torch.rand_like(sae.decoder.weights) * 0.01)
         sae.decoder.relaxation.normal_()
@@ -410,7 +421,7 @@ def test_kmeans_recovers_separated_clusters():
 
 # ------------------------------------------------------------------------ validation
 def test_width_mismatch_names_both_widths():
-    sae = TopKSAE(16, 32, k=4)
+    sae = TopKSAE(16, TopKConfig(n_concepts=32, k=4))
     with pytest.raises(ValueError, match=r"d_model=16.*width 12"):
         sae(torch.randn(3, 12))
     with pytest.raises(ValueError, match="flatten"):
@@ -420,11 +431,11 @@ def test_width_mismatch_names_both_widths():
 def test_normalisation_makes_the_sae_take_raw_activations():
     torch.manual_seed(0)
     raw = torch.randn(100, 8) * 5 + 3
-    sae = TopKSAE(8, 16, k=8)
+    sae = TopKSAE(8, TopKConfig(n_concepts=16, k=8))
     sae.set_normalization(raw.mean(0), raw.std(0), "standardize")
     out = sae(raw)
     normed = (raw - raw.mean(0)) / raw.std(0)
-    plain = TopKSAE(8, 16, k=8)
+    plain = TopKSAE(8, TopKConfig(n_concepts=16, k=8))
     plain.load_state_dict(
         {**sae.state_dict(), "input_mean": torch.zeros(8), "input_scale": torch.ones(8)}
     )

@@ -265,11 +265,12 @@ def test_online_training_on_a_live_vit_with_resume(vit, images, tmp_path):
     stream = ActivationStream(
         vit, images, "blocks.3", batch_size=64, buffer_tokens=512, image_batch_size=16, epochs=3
     )
-    from probe_sae.train import SAESpec, SAETarget
+    from probe_sae.saes import family_config
+    from probe_sae.train import SAETarget
 
     def targets():
         return [
-            SAETarget(n, "blocks.3", SAESpec(n, 256, options={"k": 8}))
+            SAETarget(n, "blocks.3", family_config(n, n_concepts=256, k=8))
             for n in ("topk", "rasae", "mp")
         ]
 

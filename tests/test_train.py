@@ -11,9 +11,9 @@ import torch
 from toy_activations import sparse_mixture
 
 from probe_sae import load_sae
-from probe_sae.saes import TopKSAE
+from probe_sae.saes import MPConfig, TopKConfig, TopKSAE, family_config
 from probe_sae.stream import TensorTokenSource
-from probe_sae.train import SAESpec, SAETarget, TrainConfig, Trainer, warmup_cosine
+from probe_sae.train import SAETarget, TrainConfig, Trainer, warmup_cosine
 from probe_sae.train.init import geometric_median
 
 D, C, K = 32, 96, 4
@@ -26,11 +26,13 @@ def tokens() -> torch.Tensor:
 
 def _targets():
     return [
-        SAETarget("topk", "tokens", SAESpec("topk", C, options={"k": K, "aux_k": 16})),
+        SAETarget("topk", "tokens", TopKConfig(n_concepts=C, k=K, aux_k=16)),
         SAETarget(
-            "rasae", "tokens", SAESpec("rasae", C, n_candidates=128, options={"k": K, "delta": 0.5})
+            "rasae",
+            "tokens",
+            family_config("rasae", n_concepts=C, n_candidates=128, k=K, delta=0.5),
         ),
-        SAETarget("mp", "tokens", SAESpec("mp", C, options={"k": K})),
+        SAETarget("mp", "tokens", MPConfig(n_concepts=C, k=K)),
     ]
 
 
@@ -174,11 +176,15 @@ def test_non_finite_tokens_are_counted_skipped_and_reported(tokens):
 def test_wrong_layer_or_width_fails_before_training(tokens):
     source = TensorTokenSource(tokens, 128)
     with pytest.raises(ValueError, match=r"wants layer 'blocks\.3'.*\['tokens'\]"):
-        Trainer([SAETarget("a", "blocks.3", SAESpec("topk", C))], source, _config())
+        Trainer([SAETarget("a", "blocks.3", TopKConfig(n_concepts=C))], source, _config())
     with pytest.raises(ValueError, match=rf"d_model=16 but layer 'tokens' has width {D}"):
-        Trainer([SAETarget("a", "tokens", TopKSAE(16, 32, k=2))], source, _config())
+        Trainer(
+            [SAETarget("a", "tokens", TopKSAE(16, TopKConfig(n_concepts=32, k=2)))],
+            source,
+            _config(),
+        )
     with pytest.raises(ValueError, match="letters, digits"):
-        Trainer([SAETarget("a/b", "tokens", SAESpec("topk", C))], source, _config())
+        Trainer([SAETarget("a/b", "tokens", TopKConfig(n_concepts=C))], source, _config())
 
 
 def test_warmup_cosine_schedule():
