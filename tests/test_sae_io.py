@@ -97,7 +97,7 @@ def test_other_format_version_gives_clear_error(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SAEFormatError, match=r"version 99.*upgrade probe_sae"):
         load_sae(folder)
-    cfg["format_version"], cfg["family"] = 1, "mystery"
+    cfg["format_version"], cfg["family"] = 2, "mystery"
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SAEFormatError, match="mystery"):
         load_sae(folder)
