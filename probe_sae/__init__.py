@@ -13,7 +13,7 @@ Data flows one way, and so do imports: a module imports only from modules to its
     → train           the online trainer, schedules, dead latents, checkpoints
     → interventions   splice, steer, attribute, concept maps, spliced fidelity
     → plotting        heatmaps, top images, curves
-    → report, bench, demo, cli   the applications
+    → run, report, bench, demo, cli   the applications (run: a training run as one config)
 
 ``tests/test_layout.py`` reads every module's imports and enforces this order.
 
