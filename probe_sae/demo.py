@@ -24,6 +24,7 @@ from torch import Tensor
 
 from probe_sae.interventions import FidelityReport, spliced_fidelity
 from probe_sae.metrics import evaluate, soft_identifiability
+from probe_sae.models import VisionModel
 from probe_sae.organism.world import KIND_NAMES, generate
 from probe_sae.saes import SAE
 from probe_sae.stream.activations import ActivationStream
@@ -97,7 +98,7 @@ def auc_per_column(scores_NA: Tensor, labels_N: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def image_codes(model: Any, layer: str, sae: SAE, images: Tensor, batch: int = 128) -> Tensor:
+def image_codes(model: VisionModel, layer: str, sae: SAE, images: Tensor, batch: int = 128) -> Tensor:
     """(N, n_concepts) per image the max code over its patch tokens."""
     from probe_sae.hooks import capture
 
@@ -111,7 +112,7 @@ def image_codes(model: Any, layer: str, sae: SAE, images: Tensor, batch: int = 1
 
 @torch.no_grad()
 def steering_experiment(
-    model: Any,
+    model: VisionModel,
     layer: str,
     sae: SAE,
     images: Tensor,
@@ -275,7 +276,7 @@ def format_results(result: DemoResult) -> str:
     )
 
 
-def _write_report(result: DemoResult, model: Any, images: Tensor) -> Path:
+def _write_report(result: DemoResult, model: VisionModel, images: Tensor) -> Path:
     from probe_sae.report import write_report
 
     summary = "<p>" + html.escape(format_results(result).split("\n\n")[0]) + "</p>"

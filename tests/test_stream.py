@@ -12,6 +12,7 @@ from PIL import Image
 from probe_sae.data.images import ImageFolder, IterableImages, image_source
 from probe_sae.hooks import capture
 from probe_sae.models import load_model
+from probe_sae.stream import activations
 from probe_sae.stream.activations import ActivationStream
 from probe_sae.train import TrainConfig, Trainer
 from probe_sae.train.api import train_sae
@@ -75,7 +76,7 @@ def test_drop_last_false_serves_every_token_over_several_windows(vit, images):
         assert len(set(pairs)) == 60 * 21  # each (image, token) once per epoch
 
 
-def test_each_image_is_captured_once_per_epoch_across_window_boundaries(vit, images):
+def test_each_image_is_captured_once_per_epoch_across_window_boundaries(vit, images, monkeypatch):
     """Windows of 300 tokens end inside image batches of 8; the next window must reuse that
     batch's activations rather than run the model on its images again."""
     stream = _stream(vit, images, epochs=2)
@@ -85,7 +86,7 @@ def test_each_image_is_captured_once_per_epoch_across_window_boundaries(vit, ima
         seen.append(pixels.shape[0])
         return capture(model, pixels, *args)
 
-    stream._capture = counting_capture
+    monkeypatch.setattr(activations, "capture", counting_capture)
     batches = _drain(stream)
     assert stream.window == 0 and len(batches) > 2 * 60 * 21 // 320  # several windows per epoch
     assert seen == ([8] * 7 + [4]) * 2  # aligned batches of 8; each epoch ends with the last 4

@@ -4,7 +4,7 @@ import torch
 
 from probe_sae import ActivationStream, train_sae
 from probe_sae.metrics import evaluate
-from probe_sae.organism.model import load_organism
+from probe_sae.organism import load_organism
 from probe_sae.organism.world import generate
 
 

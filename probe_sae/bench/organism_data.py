@@ -9,7 +9,7 @@ from probe_sae.hooks import capture
 
 
 def _organism():
-    from probe_sae.organism.model import load_organism
+    from probe_sae.organism import load_organism
 
     return load_organism()
 

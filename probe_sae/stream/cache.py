@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from probe_sae.constants import CACHE_FORMAT as FORMAT
 from probe_sae.constants import CACHE_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.constants import CACHE_MANIFEST_NAME
+from probe_sae.stream.tokens import TokenSource
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -39,7 +40,7 @@ def _safe(layer: str) -> str:
 
 
 def write_cache(
-    source: Any,
+    source: TokenSource,
     folder: str | Path,
     *,
     shard_tokens: int = 262_144,
