@@ -69,6 +69,15 @@ def test_three_families_learn_from_one_stream(tokens):
             assert fvu(held_out, sae(held_out).x_hat) < 0.3
 
 
+def test_a_source_that_ends_early_still_logs_its_last_steps(tokens):
+    """1,024 tokens in batches of 128 end after 8 steps, before max_steps and between two log
+    rows: the steps since the last row get a final row."""
+    source = TensorTokenSource(tokens[:1024], batch_size=128, epochs=1, seed=0)
+    result = Trainer(_targets()[:1], source, _config(max_steps=100, log_every=5)).run()
+    assert result.steps == 8
+    assert [row["step"] for row in result.metrics] == [5, 8]
+
+
 def test_logged_metrics_agree_with_a_recomputation(tokens, tmp_path):
     """Rows of steps 5..8 recomputed from checkpoints of steps 4..7 and the same batches."""
     cfg = _config(tmp_path, max_steps=8, log_every=4, checkpoint_every=1, keep_checkpoints=20)

@@ -363,9 +363,7 @@ class Trainer:
                         x = x[finite]
                     if x.shape[0] == 0:
                         continue
-                    lr = warmup_cosine(
-                        self.step, total, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.final_lr_fraction
-                    )
+                    lr = self._lr(self.step, total)
                     run.step(
                         x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype),
                         lr,
@@ -386,6 +384,9 @@ class Trainer:
                     interval_start, interval_tokens = time.perf_counter(), 0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+            if any(run.n_steps for run in self.runs):  # the source ended between two log rows
+                elapsed = time.perf_counter() - interval_start
+                self._log(self._lr(self.step - 1, total), interval_tokens / max(elapsed, 1e-9))
         except KeyboardInterrupt:
             if cfg.checkpoint_dir is not None:
                 self.save_checkpoint()
@@ -407,6 +408,10 @@ class Trainer:
             dict(self.nonfinite),
             self.last_checkpoint,
         )
+
+    def _lr(self, step: int, total: int) -> float:
+        cfg = self.config
+        return warmup_cosine(step, total, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.final_lr_fraction)
 
     def _log(self, lr: float, tokens_per_s: float) -> None:
         for run in self.runs:
