@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .models.base import Intervention, Read, VisionModel
+from .models.images import ImageBatch
 from .models.layout import TokenSelection
 from .models.runner import Where, torch_hooks_clean, trace_state_clean
 
@@ -58,7 +58,7 @@ def _key(layer: LayerSpec) -> str:
 
 def capture(
     model: VisionModel,
-    images: Any,
+    images: ImageBatch,
     layers: LayerSpec | Sequence[LayerSpec],
     tokens: TokenSelection = "all",
     *,
@@ -96,7 +96,7 @@ def capture(
             continue
         name = model.resolve(spec)
         keys[key] = name
-        model._site(name, where)  # validate before running
+        model.site(name, where)  # validate before running
         reads.append(Read(key, name, where, _keep(grad), tokens))
     context = contextlib.nullcontext() if grad else torch.no_grad()
     with context:
@@ -159,16 +159,13 @@ def intervene(
             f"intervene() needs a function from (B, T, d) tokens to the same shape; got "
             f"{type(fn).__name__}. To set a fixed value use hooks.replace()."
         )
-    name = model.resolve(layer)
-    site = model._site(name, where)
-    model.token_indices(tokens, site, model.input_size)  # validate the selection now
-    entry = Intervention(name, where, fn, tokens)
-    model._interventions.append(entry)
+    # checks the layer, ``where`` and the token selection before anything is attached
+    entry = model.add_intervention(Intervention(model.resolve(layer), where, fn, tokens))
     try:
         yield
     finally:
         # Remove this entry (by identity), whatever order nested blocks end in.
-        model._interventions[:] = [iv for iv in model._interventions if iv is not entry]
+        model.remove_intervention(entry)
 
 
 def replace(
@@ -207,7 +204,7 @@ def add(
 
 def active(model: VisionModel) -> list[Intervention]:
     """The interventions currently applied to ``model``'s forwards, in application order."""
-    return list(model._interventions)
+    return list(model.interventions)
 
 
 def is_clean(model: VisionModel) -> bool:
@@ -216,5 +213,5 @@ def is_clean(model: VisionModel) -> bool:
     return (
         torch_hooks_clean(model.module)
         and trace_state_clean(model.envoy)
-        and not model._interventions
+        and not model.interventions
     )

@@ -31,17 +31,30 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from probe_sae._atomic import atomic_write
+from probe_sae.config import to_dict
 from probe_sae.constants import CONFIG_NAME, TRAINING_LOG
-from probe_sae.data.images import ImageSource
+from probe_sae.data.images import Images, ImageSource, image_source
 from probe_sae.saes import SAE, load_sae
+
+if TYPE_CHECKING:  # types only: matplotlib and the model stack load when a report is written
+    from matplotlib.figure import Figure
+
+    from probe_sae.metrics import EvalReport
+    from probe_sae.models import VisionModel
+    from probe_sae.models.layout import TokenSelection
+    from probe_sae.stream.activations import ActivationStream
 
 #: section content: trusted HTML (inserted as is), a matplotlib ``Figure``, or a list of them
 SectionContent = Any
+
+#: the SAEs of a report: one SAE, a dict name -> SAE or SAE folder, one SAE folder, a folder of
+#: SAE folders, or a list of folders
+SAEs = SAE | Mapping[str, SAE | str | Path] | str | Path | Iterable[str | Path]
 
 
 @dataclass
@@ -84,7 +97,7 @@ def _is_sae_folder(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file()
 
 
-def _entries(saes: Any) -> list[_Entry]:
+def _entries(saes: SAEs) -> list[_Entry]:
     """SAEs from a dict name → SAE, one SAE folder, a folder of SAE folders, or a list of folders."""
     if isinstance(saes, SAE):
         return [_Entry(saes.family, saes)]
@@ -127,10 +140,11 @@ def _from_folder(folder: Path, name: str | None = None) -> _Entry:
 class _Models:
     """Models by ``load_model`` spec, loaded once each."""
 
-    def __init__(self, model: Any | None) -> None:
-        self.model, self.cache = model, {}
+    def __init__(self, model: VisionModel | None) -> None:
+        self.model = model
+        self.cache: dict[str, VisionModel] = {}
 
-    def get(self, entry: _Entry) -> Any:
+    def get(self, entry: _Entry) -> VisionModel:
         if self.model is not None:
             return self.model
         spec = entry.sae.provenance.get("model")
@@ -147,6 +161,13 @@ class _Models:
         return self.cache[spec]
 
 
+def _hyperparameters(sae: SAE) -> dict[str, Any]:
+    """The family's own config fields (``k``, ``l1_coeff``, the archetypal dictionary, the
+    seed, ...), without those the configuration table shows already."""
+    shown = ("family", "n_concepts", "expansion")
+    return {k: v for k, v in to_dict(sae.config).items() if k not in shown}
+
+
 def _layer(entry: _Entry, layer: str | int | None) -> str | int:
     if layer is not None:
         return layer
@@ -160,8 +181,12 @@ def _layer(entry: _Entry, layer: str | int | None) -> str | int:
 
 
 def _eval_stream(
-    model: Any, source: ImageSource, layer: str | int, tokens: Any, image_batch_size: int
-) -> Any:
+    model: VisionModel,
+    source: ImageSource,
+    layer: str | int,
+    tokens: TokenSelection,
+    image_batch_size: int,
+) -> ActivationStream:
     """A stream over every token of ``source`` at ``layer``, in order (with token positions)."""
     from probe_sae.stream.activations import ActivationStream
 
@@ -172,7 +197,7 @@ def _eval_stream(
 
 
 # ----------------------------------------------------------------------------- rendering
-def figure_to_data_uri(fig: Any, dpi: int = 80, colours: int | None = 256) -> str:
+def figure_to_data_uri(fig: Figure, dpi: int = 80, colours: int | None = 256) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI.
 
     With ``colours`` the PNG is palette-quantised (about 3× smaller for image grids).
@@ -189,7 +214,7 @@ def figure_to_data_uri(fig: Any, dpi: int = 80, colours: int | None = 256) -> st
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(fig: Any, alt: str, dpi: int) -> str:
+def _img(fig: Figure, alt: str, dpi: int) -> str:
     return f'<img alt="{html.escape(alt)}" src="{figure_to_data_uri(fig, dpi)}">'
 
 
@@ -208,7 +233,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _metric_rows(report: Any) -> list[tuple[str, Any]]:
+def _metric_rows(report: EvalReport | Mapping[str, Any]) -> list[tuple[str, Any]]:
     data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     rows: list[tuple[str, Any]] = []
     for key, value in data.items():
@@ -255,14 +280,14 @@ box-shadow:0 1px 3px rgba(0,0,0,.08)}
 
 # ----------------------------------------------------------------------------- report
 def write_report(
-    saes: Any,
-    images: Any,
+    saes: SAEs,
+    images: Images,
     out_path: str | Path,
     *,
-    model: Any | None = None,
+    model: VisionModel | None = None,
     layer: str | int | None = None,
-    reports: Mapping[str, Any] | None = None,
-    training_logs: Mapping[str, Any] | None = None,
+    reports: Mapping[str, EvalReport | Mapping[str, Any]] | None = None,
+    training_logs: Mapping[str, Sequence[Mapping[str, Any]] | str | Path] | None = None,
     n_concepts: int = 8,
     n_images: int = 6,
     atlas_concepts: int = 24,
@@ -311,7 +336,6 @@ def write_report(
         plot_training_curves,
         top_activating_images,
     )
-    from probe_sae.plotting._batches import as_source
     from probe_sae.plotting.top_images import ConceptTiles, concept_tiles
 
     entries = _entries(saes)
@@ -322,7 +346,7 @@ def write_report(
             raise TypeError("extra_sections holds (title, content) pairs with a string title.")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = _Head(as_source(images), max_images)
+    source = _Head(image_source(images), max_images)
     models = _Models(model)
     reports = dict(reports or {})
     evaluated: dict[str, Any] = {}
@@ -339,7 +363,7 @@ def write_report(
             "model": sae.provenance.get("model") or getattr(vm, "name", "?"),
             "layer": vm.resolve(where) if hasattr(vm, "resolve") else where,
             "tokens": tokens,
-            **{f"hyperparameter: {k}": v for k, v in sae.hyperparameters().items()},
+            **{f"hyperparameter: {k}": v for k, v in _hyperparameters(sae).items()},
         }
         if entry.name in reports:
             rep = reports[entry.name]

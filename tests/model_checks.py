@@ -34,9 +34,10 @@ def plain_hook_value(model: VisionModel, name: str, pixels: Tensor, where: str =
         handle = module.register_forward_hook(on_output)
     else:
         handle = module.register_forward_pre_hook(on_input, with_kwargs=True)
+    assert not model.interventions, "the reference needs a forward without interventions"
     try:
         with torch.no_grad():
-            model._call(pixels)
+            model(pixels)  # with nothing attached: the module's own forward, untraced
     finally:
         handle.remove()
     value = box["v"]
@@ -104,7 +105,7 @@ def check_selections(
 def assert_clean(model: VisionModel) -> None:
     assert torch_hooks_clean(model.module), "a torch hook is still registered"
     assert trace_state_clean(model.envoy), "nnsight still holds trace workers"
-    assert not model._interventions
+    assert not model.interventions
     assert hooks.is_clean(model)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe_sae import ActivationStream, TopKSAE, build_sae, load_model
+from probe_sae import ActivationStream, build_sae, load_model
 from probe_sae.metrics.evaluate import evaluate
 from probe_sae.stream import TensorTokenSource
 
@@ -43,7 +43,7 @@ def test_report_figures_match_a_recomputation():
 
 def test_same_report_from_a_token_source_and_max_tokens():
     x = torch.randn(512, 8)
-    sae = TopKSAE(8, 16, k=2)
+    sae = build_sae("topk", 8, 16, k=2)
     a = evaluate(sae, x[:256])
     b = evaluate(sae, TensorTokenSource(x, 64, epochs=1, seed=0), max_tokens=256)
     assert b.n_tokens == 256 and a.n_tokens == 256

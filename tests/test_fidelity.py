@@ -8,7 +8,7 @@ import torch
 from probe_sae import load_model, train_sae
 from probe_sae.interventions import FidelityReport, logit_kl, spliced_fidelity
 from probe_sae.organism.world import generate
-from probe_sae.saes import ReLUSAE
+from probe_sae.saes import ReLUConfig, ReLUSAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +25,7 @@ def world():
 
 def identity_sae(d: int) -> ReLUSAE:
     """ReLU SAE with atoms ±e_i: relu(x) − relu(−x) = x exactly."""
-    sae = ReLUSAE(d, 2 * d)
+    sae = ReLUSAE(d, ReLUConfig(n_concepts=2 * d))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.decoder.weight.copy_(torch.cat([eye, -eye]))

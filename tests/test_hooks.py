@@ -8,7 +8,7 @@ import torch
 from toy_models import ToyViT
 
 from probe_sae import hooks
-from probe_sae.models import TokenLayout, wrap
+from probe_sae.models import Intervention, TokenLayout, wrap
 
 LAYOUT = TokenLayout(n_prefix=3, grid=(2, 2), cls_index=0, register_indices=(1, 2), patch_size=(4, 4))
 
@@ -102,6 +102,32 @@ def test_bad_intervention_functions_raise_and_leave_nothing(model, pixels):
         with hooks.add(no_regs, 1, torch.ones(16), tokens="registers"):
             pass
     checks.assert_clean(no_regs)
+
+
+def test_public_site_and_intervention_api(model, pixels):
+    """What hooks and interventions build on: ``site``, ``add_intervention`` /
+    ``remove_intervention`` and the read-only ``interventions``."""
+    site = model.site("blocks.1")
+    assert site is model.site(1) and (site.kind, site.width) == ("tokens", 16)
+    assert model.site(2, "input").n_tokens == 7
+    clean = _acts(model, pixels)
+    entry = model.add_intervention(Intervention("blocks.1", "output", lambda x: x + 1, "cls"))
+    try:
+        assert model.interventions == (entry,) and hooks.active(model) == [entry]
+        edited = _acts(model, pixels)
+        assert torch.equal(edited[:, 0], clean[:, 0] + 1)
+        assert torch.equal(edited[:, 1:], clean[:, 1:])
+    finally:
+        model.remove_intervention(entry)
+    assert model.interventions == ()
+    model.remove_intervention(entry)  # removing twice is harmless
+    # a block alias is stored under the full module name; bad selections fail before attaching
+    aliased = model.add_intervention(Intervention("blocks.-1", "output", lambda x: x))
+    assert aliased.layer == "blocks.3" and model.interventions == (aliased,)
+    model.remove_intervention(aliased)
+    with pytest.raises(ValueError, match="out of range"):
+        model.add_intervention(Intervention("blocks.1", "output", lambda x: x, [9]))
+    checks.assert_clean(model)
 
 
 def test_capture_grad_option(model, pixels):

@@ -230,6 +230,21 @@ def test_display_image_shows_what_the_user_gave():
     np.testing.assert_allclose(out[..., 0], 1.0)
 
 
+def test_heatmaps_take_one_pil_image(world):
+    """One PIL image is a source of one image (`probe_sae.data.image_source`), drawn as a row."""
+    from PIL import Image
+
+    from probe_sae.data import image_source
+
+    model, result, test = world
+    array = (test.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array)
+    source = image_source(image)
+    assert len(source) == 1 and source.read(0, 2) == [image]
+    fig = plot_concept_heatmaps(model, LAYER, result.saes["topk"], image, [0, 1])
+    assert len(fig.axes) == 3 and _heat(fig.axes[1]).shape == (64, 64)
+
+
 def test_plot_maps_checks_its_inputs():
     with pytest.raises(ValueError, match="one image per row"):
         plot_maps(torch.rand(2, 3, 8, 8), torch.rand(3, 1, 2, 2))

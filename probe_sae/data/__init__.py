@@ -4,6 +4,7 @@ ahead of the model. Everything on the far side of the hooks lives in :mod:`probe
 from probe_sae.data.images import (
     DatasetImages,
     ImageFolder,
+    Images,
     ImageSource,
     IterableImages,
     TensorImages,
@@ -14,6 +15,7 @@ __all__ = [
     "DatasetImages",
     "ImageFolder",
     "ImageSource",
+    "Images",
     "IterableImages",
     "TensorImages",
     "image_source",

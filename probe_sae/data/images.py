@@ -11,19 +11,38 @@ resumed exactly:
 * :class:`IterableImages`: any iterable of PIL images; a list or any re-iterable can be sought
   by re-reading it, a one-shot iterator only forwards.
 
-:func:`image_source` picks the right one for an object.
+:func:`image_source` picks the right one for an object (any of `Images`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+    from torch.utils.data import Dataset
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+#: Where images come from, everything `image_source` reads: a folder path (image files under
+#: it, recursively), a (N, C, H, W) tensor (preprocessed pixels or uint8 images), a map-style
+#: ``Dataset`` of images or ``(image, ...)`` tuples, an iterable of PIL images, one PIL image,
+#: or an `ImageSource`.
+Images: TypeAlias = "str | Path | Tensor | Dataset | Iterable[PILImage] | PILImage | ImageSource"
+
+
+def is_pil(image: object) -> bool:
+    """Whether ``image`` is a PIL image (``False`` when Pillow is not installed)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow ships with torchvision
+        return False
+    return isinstance(image, Image.Image)
 
 
 class ImageSource:
@@ -102,7 +121,7 @@ class TensorImages(ImageSource):
 class DatasetImages(ImageSource):
     """Images from a map-style dataset; tuple items contribute their first element."""
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -172,14 +191,17 @@ class IterableImages(ImageSource):
         return out
 
 
-def image_source(images: Any) -> ImageSource:
-    """The :class:`ImageSource` for a folder path, a tensor, a Dataset or an iterable."""
+def image_source(images: Images) -> ImageSource:
+    """The :class:`ImageSource` for a folder path, a tensor, a Dataset, an iterable of PIL
+    images or one PIL image (see `Images`)."""
     if isinstance(images, ImageSource):
         return images
     if isinstance(images, (str, Path)):
         return ImageFolder(images)
     if isinstance(images, Tensor):
         return TensorImages(images)
+    if is_pil(images):
+        return IterableImages([images])
     if (
         hasattr(images, "__getitem__")
         and hasattr(images, "__len__")
@@ -190,7 +212,7 @@ def image_source(images: Any) -> ImageSource:
         return IterableImages(images)
     raise TypeError(
         f"cannot read images from a {type(images).__name__}: pass a folder path, a (N, C, H, W) "
-        "tensor, a torch Dataset or an iterable of PIL images"
+        "tensor, a torch Dataset, an iterable of PIL images or one PIL image"
     )
 
 

@@ -74,7 +74,7 @@ class PrefetchingReader:
         self._batches: Iterator[list[Any]] | None = None
         self._expected: tuple[Any, int] | None = None
 
-    def read(self, order: Tensor | None, order_key: Any, position: int) -> list[Any]:
+    def read(self, order: Tensor | None, order_key: object, position: int) -> list[Any]:
         """The batch of images at ``position .. position + batch_size - 1`` of ``order`` (the
         source's own order when ``None``): preprocessed pixels, or ``None`` for unreadable
         images; ``[]`` past the end. ``order_key`` names the order (e.g. the epoch)."""

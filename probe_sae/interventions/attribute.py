@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from probe_sae.hooks import LayerSpec
 from probe_sae.interventions.maps import PatchGrid, fold_patches, patch_grid
-from probe_sae.interventions.splice import check_width, splice
+from probe_sae.interventions.splice import CodeEdit, check_width, splice
 from probe_sae.interventions.targets import Target, evaluate_target, resolve_target
 from probe_sae.models import VisionModel
+from probe_sae.models.images import ImageBatch
 from probe_sae.models.layout import TokenSelection
 from probe_sae.models.runner import Where
 from probe_sae.saes import SAE
@@ -121,7 +122,7 @@ class Attribution:
 class _LeafCodes:
     """A code edit that swaps the codes for fresh leaf tensors, so their gradient can be read."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: CodeEdit) -> None:
         self.make = make
         self.leaf: Tensor | None = None
 
@@ -140,7 +141,7 @@ def _layer_tokens(
     model: VisionModel, name: str, tokens: TokenSelection, where: Where, pixels: Tensor
 ) -> tuple[Tensor, PatchGrid | None]:
     size = (pixels.shape[-2], pixels.shape[-1])
-    site = model._site(name, where)
+    site = model.site(name, where)
     index = model.token_indices(tokens, site, size)
     n_tokens = site.n_tokens
     if index is None:
@@ -162,7 +163,7 @@ def _run(
     target: Target,
     tokens: TokenSelection,
     where: Where,
-    make_codes: Any,
+    make_codes: CodeEdit,
     options: Mapping[str, Any] | None,
     grad: bool,
     copies: int = 1,
@@ -222,7 +223,7 @@ def grad_x_act(
     model: VisionModel,
     layer: LayerSpec,
     sae: SAE,
-    images: Any,
+    images: ImageBatch,
     target: int | Target,
     *,
     tokens: TokenSelection = "all",
@@ -280,7 +281,7 @@ def integrated_gradients(
     model: VisionModel,
     layer: LayerSpec,
     sae: SAE,
-    images: Any,
+    images: ImageBatch,
     target: int | Target,
     *,
     baseline: Tensor | float = 0.0,
@@ -374,7 +375,7 @@ def attribute(
     model: VisionModel,
     layer: LayerSpec,
     sae: SAE,
-    images: Any,
+    images: ImageBatch,
     target: int | Target,
     *,
     method: Literal["ig", "grad_x_act"] = "ig",

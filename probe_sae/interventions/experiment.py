@@ -22,6 +22,7 @@ from probe_sae.interventions.splice import check_width
 from probe_sae.interventions.steer import Mode, steer
 from probe_sae.interventions.targets import Target, evaluate_target, resolve_target
 from probe_sae.models import VisionModel
+from probe_sae.models.images import ImageBatch
 from probe_sae.models.layout import TokenSelection
 from probe_sae.models.runner import Where
 from probe_sae.saes import SAE
@@ -61,7 +62,7 @@ def steering_sweep(
     model: VisionModel,
     layer: LayerSpec,
     sae: SAE,
-    images: Any,
+    images: ImageBatch,
     concept: int | Sequence[int],
     values: Sequence[float] | Tensor,
     target: int | Target,

@@ -18,22 +18,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from probe_sae import hooks
-from probe_sae.data.images import image_source, to_batch
+from probe_sae.data.images import Images, image_source, to_batch
 from probe_sae.interventions.splice import check_width, splice
+from probe_sae.models import VisionModel
 from probe_sae.models.layout import TokenSelection
 from probe_sae.saes import SAE
 
 Ablation = Literal["mean", "zero"]
+#: Class indices (N,) or multi-hot presence (N, n_classes), one row per image.
+Labels = Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[float]]
 
 
 @dataclass
@@ -115,7 +119,7 @@ def _correct(logits_BC: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
     return (logits_BC.argmax(dim=-1) == labels).double()
 
 
-def _labels_tensor(labels: Any, n: int | None) -> Tensor:
+def _labels_tensor(labels: Labels, n: int | None) -> Tensor:
     out = torch.as_tensor(labels)
     if n is not None and out.shape[0] != n:
         raise ValueError(f"got {out.shape[0]} labels for {n} images; give one label per image")
@@ -127,7 +131,9 @@ def _labels_tensor(labels: Any, n: int | None) -> Tensor:
     return out
 
 
-def _batches(images: Any, labels: Tensor | None, model: Any, batch_size: int):
+def _batches(
+    images: Images, labels: Tensor | None, model: VisionModel, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield (pixels, labels or None) over the readable images."""
     source = image_source(images)
     start = 0
@@ -145,12 +151,12 @@ def _batches(images: Any, labels: Tensor | None, model: Any, batch_size: int):
 
 @torch.no_grad()
 def spliced_fidelity(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
     sae: SAE,
-    images: Any,
+    images: Images,
     *,
-    labels: Any = None,
+    labels: Labels | None = None,
     prompts: Sequence[str] | Tensor | None = None,
     ablation: Ablation = "mean",
     tokens: TokenSelection = "all",

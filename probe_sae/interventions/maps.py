@@ -19,6 +19,7 @@ from probe_sae import hooks
 from probe_sae.hooks import LayerSpec
 from probe_sae.interventions.splice import check_width
 from probe_sae.models import VisionModel
+from probe_sae.models.images import ImageBatch
 from probe_sae.models.runner import Where
 from probe_sae.saes import SAE
 
@@ -37,7 +38,7 @@ def patch_grid(
 ) -> PatchGrid:
     """The patch grid of ``layer`` for inputs of ``image_size`` (H, W) pixels."""
     name = model.resolve(layer)
-    site = model._site(name, where)
+    site = model.site(name, where)
     if site.kind == "spatial":
         h, w = site.shape[1], site.shape[2]
         return PatchGrid((h, w), torch.arange(h * w))
@@ -87,7 +88,7 @@ def concept_maps(
     model: VisionModel,
     layer: LayerSpec,
     sae: SAE,
-    images: Any,
+    images: ImageBatch,
     concepts: int | list[int] | Tensor | None = None,
     *,
     size: tuple[int, int] | None = None,

@@ -130,7 +130,7 @@ def check_width(model: VisionModel, layer: LayerSpec, sae: SAE, where: Where = "
             f"{type(sae).__name__}."
         )
     name = model.resolve(layer)
-    site = model._site(name, where)
+    site = model.site(name, where)
     if site.width != sae.d_model:
         raise ValueError(
             f"width mismatch: the SAE was trained on width {sae.d_model} but the {where} of "

@@ -36,6 +36,7 @@ from probe_sae.hooks import LayerSpec
 from probe_sae.interventions.maps import patch_grid
 from probe_sae.interventions.splice import SAESplice, check_width, splice
 from probe_sae.models import VisionModel
+from probe_sae.models.images import ImageBatch
 from probe_sae.models.layout import TokenSelection
 from probe_sae.models.runner import Where
 from probe_sae.saes import SAE
@@ -90,7 +91,7 @@ def edit_codes(codes_BTC: Tensor, index_K: Tensor, values_K: Tensor, mode: str) 
     return codes_BTC.index_copy(-1, index_K, new)
 
 
-def _is_mask(tokens: Any) -> bool:
+def _is_mask(tokens: TokenSelection | Tensor) -> bool:
     """Whether a token selection is a spatial mask (bool or float, at least 2-D)."""
     if not isinstance(tokens, Tensor) or tokens.ndim < 2:
         return False
@@ -191,7 +192,7 @@ class Steering:
     ) -> bool | None:
         return self._contexts.pop().__exit__(exc_type, exc, tb)
 
-    def __call__(self, images: Any) -> Any:
+    def __call__(self, images: ImageBatch) -> Any:
         """The model's output on ``images`` with this steering applied (one-shot)."""
         with self:
             return self.model(images)

@@ -10,9 +10,10 @@ and the dictionary's geometry.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,6 +21,11 @@ from tqdm.auto import tqdm
 
 from probe_sae.metrics.dictionary import coherence, effective_rank, stable_rank
 from probe_sae.metrics.reconstruction import ReconstructionStats
+
+if TYPE_CHECKING:  # types only: metrics stay importable without the model and stream stack
+    from probe_sae.models.layout import TokenLayout
+    from probe_sae.saes import SAE
+    from probe_sae.stream.tokens import TokenSource
 
 
 @dataclass
@@ -76,7 +82,7 @@ class EvalReport:
         )
 
 
-def _token_kinds(layout: Any, token_index: Tensor) -> dict[str, Tensor]:
+def _token_kinds(layout: TokenLayout, token_index: Tensor) -> dict[str, Tensor]:
     """Masks of CLS / register / patch tokens from positions in the token axis."""
     kinds: dict[str, Tensor] = {}
     cls = getattr(layout, "cls_index", None)
@@ -90,7 +96,9 @@ def _token_kinds(layout: Any, token_index: Tensor) -> dict[str, Tensor]:
     return kinds
 
 
-def _batches(data: Any, layer: str | None, batch_size: int):
+def _batches(
+    data: Tensor | TokenSource, layer: str | None, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield (tokens, token_index or None) from a tensor or a token source."""
     if isinstance(data, Tensor):
         for start in range(0, data.shape[0], batch_size):
@@ -110,11 +118,11 @@ def _batches(data: Any, layer: str | None, batch_size: int):
 
 @torch.no_grad()
 def evaluate(
-    sae: Any,
-    data: Any,
+    sae: SAE,
+    data: Tensor | TokenSource,
     *,
     layer: str | None = None,
-    layout: Any = None,
+    layout: TokenLayout | None = None,
     batch_size: int = 4096,
     max_tokens: int | None = None,
     dense_threshold: float = 1e-2,

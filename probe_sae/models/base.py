@@ -9,16 +9,16 @@ attached calls the model directly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import nnsight
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .images import InputSpec, Preprocess, to_pixels
+from .images import ImageBatch, InputSpec, Preprocess, to_pixels
 from .layers import (
     LayerInfo,
     Site,
@@ -90,6 +90,10 @@ class VisionModel:
     ``model(images)`` returns the family's image output (CLIP/SigLIP image embeddings, DINOv2's
     pooled CLS, timm's head output) with every active `probe_sae.hooks` intervention applied.
     ``images`` is a (B, C, H, W) float tensor already preprocessed, or PIL images.
+
+    What `probe_sae.hooks` and `probe_sae.interventions` build on: `site` (the hookable value
+    at a layer), `add_intervention` / `remove_intervention` and the read-only `interventions`,
+    `run` (one traced forward applying them, with reads) and `token_indices`.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class VisionModel:
         if isinstance(blocks, str):
             blocks = [f"{blocks}.{i}" for i in range(len(module.get_submodule(blocks)))]
         self._block_candidates = list(blocks) if blocks is not None else find_blocks(module, blocks_under)
+        import nnsight  # here, not at module level: importing nnsight takes seconds
+
         # nnsight installs an inert controller as every submodule's forward (no torch hooks).
         self.envoy = nnsight.NNsight(module)
 
@@ -154,15 +160,16 @@ class VisionModel:
         self.module.to(device)
         return self
 
-    def preprocess(self, images: Any) -> Tensor:
+    def preprocess(self, images: ImageBatch) -> Tensor:
         """PIL image(s) -> (B, C, H, W) float tensor, with the model library's own transforms."""
         return to_pixels(images, self.input_spec, self._preprocess, self.name, None, None)
 
-    def to_pixels(self, images: Any) -> Tensor:
+    def to_pixels(self, images: ImageBatch) -> Tensor:
         """A checked pixel batch on the model's device from a tensor batch or PIL images."""
         return to_pixels(images, self.input_spec, self._preprocess, self.name, self.device, self.dtype)
 
     def _call(self, pixels: Tensor) -> Any:
+        """The plain forward on (B, C, H, W) pixels: no interventions, no trace."""
         return _image_output(self._forward(self.module, pixels))
 
     # ------------------------------------------------------------------ layers
@@ -200,6 +207,16 @@ class VisionModel:
     def layer_info(self, layer: str | int) -> LayerInfo:
         return self._layer_map()[self.resolve(layer)]
 
+    def site(self, layer: str | int, where: Where = "output") -> Site:
+        """The hookable value at ``layer``'s output (or first input, ``where="input"``): its
+        kind (tokens / vector / spatial), shape per image and width.
+
+        Raises:
+            ValueError: the layer runs more than once per forward, or its value is not a
+                (B, T, D), (B, D) or (B, C, h, w) tensor.
+        """
+        return self._site(self.resolve(layer), where)
+
     def _site(self, layer: str, where: Where) -> Site:
         info = self._layer_map()[layer]
         if info.calls > 1:
@@ -230,8 +247,36 @@ class VisionModel:
             n_tokens = layout.n_tokens  # same layer at this input size
         return layout.indices(tokens, n_tokens, self.name, self.pool_layer)
 
+    # ------------------------------------------------------------------ interventions
+    @property
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The interventions applied to every forward, in application order (read-only; use
+        `probe_sae.hooks.intervene` to add one for the length of a ``with`` block)."""
+        return tuple(self._interventions)
+
+    def add_intervention(self, entry: Intervention) -> Intervention:
+        """Apply ``entry`` to every forward from now on, after the active ones; returns the entry
+        stored (its layer resolved to the full module name), to pass to `remove_intervention`.
+
+        The layer, ``where`` and token selection are checked now, before any forward runs.
+        Pair every call with `remove_intervention` in a ``finally`` (or use
+        `probe_sae.hooks.intervene`): an intervention outlives nothing that made it.
+        """
+        name = self.resolve(entry.layer)
+        if name != entry.layer:
+            entry = dataclasses.replace(entry, layer=name)
+        site = self._site(name, entry.where)
+        self.token_indices(entry.tokens, site, self.input_size)  # validate the selection now
+        self._interventions.append(entry)
+        return entry
+
+    def remove_intervention(self, entry: Intervention) -> None:
+        """Stop applying ``entry`` (matched by identity; nothing happens when it is not active).
+        Nested interventions may be removed in any order."""
+        self._interventions[:] = [iv for iv in self._interventions if iv is not entry]
+
     # ------------------------------------------------------------------ running
-    def __call__(self, images: Any) -> Any:
+    def __call__(self, images: ImageBatch) -> Any:
         """The image output with the active interventions applied."""
         pixels = self.to_pixels(images)
         if not self._interventions:
@@ -312,7 +357,7 @@ class VisionModel:
             )
         return self.text
 
-    def encode_image(self, images: Any, normalize: bool = False) -> Tensor:
+    def encode_image(self, images: ImageBatch, normalize: bool = False) -> Tensor:
         """(B, e) image embeddings (the model output), L2-normalised when ``normalize``."""
         out = self(images)
         return F.normalize(out, dim=-1) if normalize else out
@@ -331,7 +376,7 @@ class VisionModel:
     def logit_bias(self) -> Tensor | None:
         return self._text().logit_bias
 
-    def zero_shot_logits(self, images: Any, prompts: Sequence[str] | Tensor) -> Tensor:
+    def zero_shot_logits(self, images: ImageBatch, prompts: Sequence[str] | Tensor) -> Tensor:
         """(B, P) logits ``scale · cos(image, text) (+ bias)`` as the model computes them
         (Radford et al. 2021; SigLIP adds its learned bias, Zhai et al. 2023).
 

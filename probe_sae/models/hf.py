@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from torch import Tensor, nn
 from .base import VisionModel
 from .images import InputSpec, measured_size
 from .layout import TokenLayout
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
 
@@ -146,7 +149,7 @@ class HFText:
         return bias.reshape(()) if bias is not None else None
 
 
-def _layout(family: Family, vision_config: Any, size: tuple[int, int]) -> TokenLayout:
+def _layout(family: Family, vision_config: PretrainedConfig, size: tuple[int, int]) -> TokenLayout:
     patch = int(vision_config.patch_size)
     grid = (size[0] // patch, size[1] // patch)
     if family.kind == "siglip":

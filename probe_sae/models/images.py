@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import Tensor
 
+from probe_sae.data.images import is_pil
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 #: Batch-level preprocessing: a list of PIL images -> (B, C, H, W) float tensor.
 Preprocess = Callable[[list[Any]], Tensor]
 
-
-def is_pil(image: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow ships with torchvision
-        return False
-    return isinstance(image, Image.Image)
+#: One batch for a model: a (B, C, H, W) float tensor already preprocessed (resized, cropped,
+#: normalised), one PIL image, or a sequence of PIL images (preprocessed by the model's own
+#: transforms).
+ImageBatch: TypeAlias = "Tensor | PILImage | Sequence[PILImage]"
 
 
 def per_image(transform: Callable[[Any], Tensor], mode: str | None = "RGB") -> Preprocess:
@@ -91,7 +93,7 @@ class InputSpec:
 
 
 def to_pixels(
-    images: Any,
+    images: ImageBatch,
     spec: InputSpec,
     preprocess: Preprocess | None,
     model_name: str,

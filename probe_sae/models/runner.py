@@ -14,10 +14,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from nnsight import Envoy
-from torch import nn
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # nnsight is imported when a VisionModel is built, not with this module
+    from nnsight import Envoy
 
 Where = Literal["input", "output"]
 
@@ -51,7 +53,7 @@ GC_GENERATION = 1
 def run_traced(
     root: Envoy,
     fn: Callable[..., Any],
-    inputs: Any,
+    inputs: Tensor,
     steps: Sequence[Step],
     stop: bool,
 ) -> tuple[Any, dict[str, Any]]:
@@ -67,7 +69,7 @@ def run_traced(
 
 
 def _run(
-    root: Envoy, fn: Callable[..., Any], inputs: Any, steps: Sequence[Step], stop: bool
+    root: Envoy, fn: Callable[..., Any], inputs: Tensor, steps: Sequence[Step], stop: bool
 ) -> tuple[Any, dict[str, Any]]:
     reads: dict[str, Any] = {}
     with root.trace(inputs, fn=fn) as tracer:

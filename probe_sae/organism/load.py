@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,25 +13,24 @@ from torch import Tensor
 
 from probe_sae.models import VisionModel, wrap
 from probe_sae.models.timm import vit_layout
-from probe_sae.organism.model import (
-    CONFIG_NAME,
-    PACKAGED_DIR,
-    WEIGHTS_NAME,
-    cache_dir,
-    load_organism_module,
-)
+from probe_sae.organism import model as organism_model
+from probe_sae.organism.model import CONFIG_NAME, WEIGHTS_NAME, cache_dir, load_organism_module
 from probe_sae.organism.train import train_and_save
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 
 def _weights_folder(train_if_missing: bool) -> Path:
     """The packaged weights, else the cached ones, else (when allowed) freshly trained ones."""
-    for folder in (PACKAGED_DIR, cache_dir() / "organism"):
+    packaged = organism_model.PACKAGED_DIR  # read at call time: one setting, in model.py
+    for folder in (packaged, cache_dir() / "organism"):
         if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
             return folder
     folder = cache_dir() / "organism"
     if not train_if_missing:
         raise FileNotFoundError(
-            f"No organism weights in {PACKAGED_DIR} (package data) or {folder} (cache); call "
+            f"No organism weights in {packaged} (package data) or {folder} (cache); call "
             f"load_organism(train_if_missing=True) or run "
             f"`python -m probe_sae.organism.train --out {folder}`."
         )
@@ -39,11 +38,11 @@ def _weights_folder(train_if_missing: bool) -> Path:
     return folder
 
 
-def _preprocess(size: int) -> Callable[[Any], Tensor]:
+def _preprocess(size: int) -> Callable[[PILImage], Tensor]:
     """PIL RGB image -> (3, size, size) float32 in [0, 1], bilinear resize."""
     from PIL import Image
 
-    def transform(image: Any) -> Tensor:
+    def transform(image: PILImage) -> Tensor:
         resized = image.resize((size, size), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
 

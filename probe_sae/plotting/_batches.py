@@ -8,15 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probe_sae.data.images import ImageSource, image_source
-from probe_sae.models.images import is_pil
-
-
-def as_source(images: Any) -> ImageSource:
-    """An image source for a tensor, a folder, a Dataset, a PIL image or a list of them."""
-    if is_pil(images):
-        images = [images]
-    return image_source(images)
+from probe_sae.data.images import ImageSource
+from probe_sae.models import VisionModel
 
 
 def read_items(source: ImageSource, indices: Sequence[int]) -> list[Any]:
@@ -32,7 +25,7 @@ def read_items(source: ImageSource, indices: Sequence[int]) -> list[Any]:
     return out
 
 
-def to_model_pixels(model: Any, items: list[Any]) -> Tensor:
+def to_model_pixels(model: VisionModel, items: list[Any]) -> Tensor:
     """(B, C, H, W) pixels for ``model`` from raw tensors (stacked) or PIL images (preprocessed)."""
     if all(isinstance(im, Tensor) for im in items):
         return model.to_pixels(torch.stack(items))

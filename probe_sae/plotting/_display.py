@@ -9,7 +9,7 @@ upsampled to that size lie over the right pixels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,13 +18,17 @@ from torch import Tensor
 
 from probe_sae.models.images import is_pil
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from PIL.Image import Image as PILImage
+
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     """A figure not registered with pyplot (no global state; works headless and in Jupyter)."""
     return Figure(figsize=(max(width, 0.5), max(height, 0.5)), dpi=dpi, layout="constrained")
 
 
-def display_image(image: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+def display_image(image: Tensor | np.ndarray | PILImage, size: tuple[int, int] | None = None) -> np.ndarray:
     """One image -> (H, W, 3) float array in [0, 1] for ``imshow``.
 
     Args:
@@ -57,7 +61,7 @@ def display_image(image: Any, size: tuple[int, int] | None = None) -> np.ndarray
     return x.permute(1, 2, 0).numpy()
 
 
-def _pil_to_array(image: Any, size: tuple[int, int] | None) -> np.ndarray:
+def _pil_to_array(image: PILImage, size: tuple[int, int] | None) -> np.ndarray:
     image = image.convert("RGB")
     if size is not None:
         h, w = size
@@ -76,7 +80,7 @@ def heat_limits(heat: np.ndarray, vmax: float | None) -> tuple[float, float]:
 
 
 def overlay(
-    ax: Any,
+    ax: Axes,
     image_HW3: np.ndarray,
     heat_HW: np.ndarray | None,
     *,

@@ -8,6 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from probe_sae.data.images import Images
+from probe_sae.models import VisionModel
 from probe_sae.plotting._display import new_figure, overlay
 from probe_sae.plotting.top_images import (
     ConceptTiles,
@@ -15,6 +17,7 @@ from probe_sae.plotting.top_images import (
     concept_tiles,
     top_activating_images,
 )
+from probe_sae.saes import SAE
 
 
 def draw_top_images(
@@ -88,10 +91,10 @@ def draw_atlas(
 
 
 def _tiles(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     top: TopImages | None,
     concepts: Sequence[int] | None,
     n: int,
@@ -128,10 +131,10 @@ def _tiles(
 
 
 def plot_top_images(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     concepts: Sequence[int] | None = None,
     *,
     top: TopImages | None = None,
@@ -169,10 +172,10 @@ def plot_top_images(
 
 
 def plot_concept_atlas(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     concepts: Sequence[int] | None = None,
     *,
     top: TopImages | None = None,

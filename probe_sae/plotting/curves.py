@@ -11,11 +11,15 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from probe_sae.constants import TRAINING_LOG
+from probe_sae.metrics.evaluate import EvalReport
 from probe_sae.plotting._display import new_figure
 
 #: keys drawn by default, as logged by the trainer (``Trainer._log``)
 CURVE_KEYS = ("fvu", "l0", "dead_fraction", "loss", "lr")
 _LOG_SCALE = {"fvu", "loss", "mse"}
+
+#: one SAE's point: an `EvalReport`, or a dict with ``"fvu"``, ``"l0"`` (and ``"family"``)
+Report = EvalReport | Mapping[str, Any]
 
 
 def load_metrics(metrics: Sequence[Mapping[str, Any]] | str | Path) -> list[dict[str, Any]]:
@@ -98,7 +102,7 @@ def _wide(values: Sequence[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > 3
 
 
-def _point(report: Any) -> tuple[float, float, str]:
+def _point(report: Report) -> tuple[float, float, str]:
     get = report.get if isinstance(report, Mapping) else lambda k, d=None: getattr(report, k, d)
     fvu, l0 = get("fvu"), get("l0")
     if fvu is None or l0 is None:
@@ -109,7 +113,7 @@ def _point(report: Any) -> tuple[float, float, str]:
 
 
 def plot_fvu_l0(
-    reports: Mapping[str, Any] | Sequence[Any],
+    reports: Mapping[str, Report] | Sequence[Report],
     *,
     log_fvu: bool = True,
     connect: bool = True,

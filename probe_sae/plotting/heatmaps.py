@@ -11,9 +11,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from probe_sae.data.images import Images, image_source
 from probe_sae.interventions.maps import concept_maps, upsample
-from probe_sae.plotting._batches import as_source, read_items, to_model_pixels
+from probe_sae.models import VisionModel
+from probe_sae.plotting._batches import read_items, to_model_pixels
 from probe_sae.plotting._display import display_image, new_figure, overlay
+from probe_sae.saes import SAE
 
 
 def plot_maps(
@@ -77,10 +80,10 @@ def plot_maps(
 
 
 def plot_concept_heatmaps(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     concepts: int | Sequence[int],
     *,
     max_images: int = 8,
@@ -103,7 +106,7 @@ def plot_concept_heatmaps(
         the (H, W) codes upsampled from the patch grid).
     """
     index = [int(c) for c in np.atleast_1d(np.asarray(concepts))]
-    source = as_source(images)
+    source = image_source(images)
     count = min(max_images, source.length if source.length is not None else max_images)
     items = read_items(source, range(count))
     pixels = to_model_pixels(model, items)

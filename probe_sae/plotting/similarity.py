@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from probe_sae.plotting._display import new_figure
+from probe_sae.saes import SAE
+
+#: a dictionary: (n_atoms, d) atoms as a tensor or array, or an SAE (its ``dictionary``)
+Atoms = SAE | Tensor | np.ndarray
 
 
-def _atoms(d: Any) -> Tensor:
+def _atoms(d: Atoms) -> Tensor:
     atoms = d.dictionary if hasattr(d, "dictionary") else d
     atoms = torch.as_tensor(atoms).detach().double().cpu()
     if atoms.ndim != 2:
@@ -22,7 +23,7 @@ def _atoms(d: Any) -> Tensor:
 
 
 def similarity_matrix(
-    d1: Any, d2: Any | None = None, *, match: bool = False
+    d1: Atoms, d2: Atoms | None = None, *, match: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cosines between atoms: (n1, n2) matrix with its row and column orders.
 
@@ -44,6 +45,8 @@ def similarity_matrix(
     cos = (a @ b.T).numpy()
     rows, cols = np.arange(a.shape[0]), np.arange(b.shape[0])
     if match:
+        from scipy.optimize import linear_sum_assignment
+
         r, c = linear_sum_assignment(-np.abs(cos))
         rows = np.concatenate([r, np.setdiff1d(rows, r)])
         cols = np.concatenate([c, np.setdiff1d(cols, c)])
@@ -51,8 +54,8 @@ def similarity_matrix(
 
 
 def plot_similarity(
-    d1: Any,
-    d2: Any | None = None,
+    d1: Atoms,
+    d2: Atoms | None = None,
     *,
     match: bool = False,
     absolute: bool = False,

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe_sae.data.images import Images, image_source
 from probe_sae.interventions.maps import concept_maps, upsample
-from probe_sae.plotting._batches import as_source, iter_batches, read_items, to_model_pixels
+from probe_sae.models import VisionModel
+from probe_sae.plotting._batches import iter_batches, read_items, to_model_pixels
 from probe_sae.plotting._display import display_image
+from probe_sae.saes import SAE
 
 #: ways to rank concepts (`TopImages.rank`)
 RANKINGS = ("mass", "max", "image_frequency")
@@ -83,10 +86,10 @@ class TopImages:
 
 @torch.no_grad()
 def top_activating_images(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     concepts: Sequence[int] | Tensor | None = None,
     *,
     n: int = 8,
@@ -107,7 +110,7 @@ def top_activating_images(
     Returns:
         A `TopImages` with (C, n) scores and image positions.
     """
-    source = as_source(images)
+    source = image_source(images)
     index = (
         torch.arange(sae.n_concepts)
         if concepts is None
@@ -183,10 +186,10 @@ class ConceptTiles:
 
 @torch.no_grad()
 def concept_tiles(
-    model: Any,
+    model: VisionModel,
     layer: str | int,
-    sae: Any,
-    images: Any,
+    sae: SAE,
+    images: Images,
     top: TopImages,
     concepts: Sequence[int],
     *,
@@ -196,7 +199,7 @@ def concept_tiles(
 ) -> ConceptTiles:
     """Recompute the heatmaps of ``concepts`` over their top images (only those images are
     read again and encoded)."""
-    source = as_source(images)
+    source = image_source(images)
     concepts = [int(c) for c in concepts]
     rows = [top.row(c) for c in concepts]
     n = top.indices.shape[1] if n is None else min(n, top.indices.shape[1])
