@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "ReLUSAE": "probe_sae.saes",
     "SAEConfig": "probe_sae.saes",
     "SAEFormatError": "probe_sae.saes",
+    "SAESaveError": "probe_sae.saes",
     "SAEOutput": "probe_sae.saes",
     "SparseCodes": "probe_sae.saes",
     "TopKConfig": "probe_sae.saes",
@@ -73,6 +74,8 @@ _EXPORTS: dict[str, str] = {
     "EvalReport": "probe_sae.metrics",
     "evaluate": "probe_sae.metrics",
     # training
+    "CheckpointError": "probe_sae.train",
+    "CheckpointWarning": "probe_sae.train",
     "SAETarget": "probe_sae.train",
     "TrainConfig": "probe_sae.train",
     "TrainResult": "probe_sae.train",
@@ -151,6 +154,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         SAEConfig,
         SAEFormatError,
         SAEOutput,
+        SAESaveError,
         SparseCodes,
         TopKConfig,
         TopKSAE,
@@ -167,4 +171,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         TensorTokenSource,
         write_cache,
     )
-    from probe_sae.train import SAETarget, TrainConfig, Trainer, TrainResult, train_sae
+    from probe_sae.train import (
+        CheckpointError,
+        CheckpointWarning,
+        SAETarget,
+        TrainConfig,
+        Trainer,
+        TrainResult,
+        train_sae,
+    )

@@ -113,7 +113,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = run_config_from_args(args)
     model = load_model_or_exit(run.model)
     layer = resolve_layer_or_exit(model, run.layer)
-    result, folders = train_run(run, resume=args.resume, model=model)
+    result, folders = train_run(
+        run, resume=args.resume, model=model, allow_changes=args.allow_changes
+    )
     print(f"trained {', '.join(folders)} on {model.name} {layer} over {run.images}:")
     print(f"{result.steps} steps, {result.tokens:,} tokens; run config: {Path(run.out) / RUN_CONFIG_NAME}")
     for name, folder in folders.items():
@@ -321,7 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(sorted(available_families()))} (default: topk)",
     )
     p.add_argument("--out", default=None, help="output folder (default: probe_sae_out/train)")
-    p.add_argument("--resume", default=None, help="checkpoint folder of an interrupted run")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint folder of an interrupted run (OUT/checkpoints): continues exactly from "
+        "its newest intact checkpoint",
+    )
+    p.add_argument(
+        "--allow-changes",
+        nargs="+",
+        default=(),
+        metavar="FIELD",
+        help="with --resume: settings that may differ from the checkpoint's, e.g. max_steps to "
+        "extend a run (others are refused, listing what differs)",
+    )
     settings = p.add_argument_group(
         "run settings",
         "Every field of StreamConfig, TrainConfig and the SAE family configs; a flag sets the "

@@ -20,7 +20,7 @@ CACHE_MANIFEST_NAME = "manifest.json"
 
 #: ``format`` / ``format_version`` of each file kind
 SAE_FORMAT, SAE_FORMAT_VERSION = "probe_sae.sae", 2
-CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION = "probe_sae.checkpoint", 1
+CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION = "probe_sae.checkpoint", 2
 CACHE_FORMAT, CACHE_FORMAT_VERSION = "probe_sae.activation_cache", 1
 ORGANISM_FORMAT, ORGANISM_FORMAT_VERSION = "probe_sae.organism", 1
 RUN_FORMAT, RUN_FORMAT_VERSION = "probe_sae.run", 1

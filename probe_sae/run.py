@@ -11,6 +11,7 @@ reruns the same run.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,14 @@ def train_run(
     run: RunConfig,
     resume: str | Path | None = None,
     model: VisionModel | None = None,
+    allow_changes: Sequence[str] = (),
 ) -> tuple[TrainResult, dict[str, Path]]:
     """Train a run: write ``OUT/run.json``, stream, train, save each SAE to ``OUT/<name>/``.
 
     Checkpoints go to ``OUT/checkpoints`` when ``checkpoint_every`` is set and
     ``checkpoint_dir`` is not. ``model`` skips loading ``run.model`` when it is already loaded.
+    ``resume`` continues a checkpoint folder; ``allow_changes`` names the settings that may
+    differ from the checkpoint's (``"max_steps"`` to extend a run; see ``Trainer.run``).
     """
     model = model if model is not None else load_model(run.model)
     layer = resolve_layer(model, run.layer)
@@ -156,5 +160,7 @@ def train_run(
     if train.checkpoint_every and train.checkpoint_dir is None:
         train = replace(train, checkpoint_dir=str(out / CHECKPOINTS))
     source = ActivationStream(model, images.source, layer, run.stream)
-    result = train_from_source(dict(run.saes), source, train, resume=resume)
+    result = train_from_source(
+        dict(run.saes), source, train, resume=resume, allow_changes=allow_changes
+    )
     return result, result.save(out)

@@ -216,7 +216,7 @@ def test_geometric_median_is_robust_and_minimises_distance_sum():
 
 
 def test_clip_grad_norm_scales_like_torch_and_leaves_small_gradients_alone():
-    from probe_sae.train.trainer import clip_grad_norm
+    from probe_sae.train.sae_run import clip_grad_norm
 
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.zeros(5, 3)), torch.nn.Parameter(torch.zeros(7))]

@@ -5,13 +5,15 @@ resumed exactly:
 
 * :class:`ImageFolder`: image files under a folder, recursively (unreadable files are skipped
   and counted);
-* :class:`TensorImages`: a (N, C, H, W) tensor (already preprocessed pixels, or uint8 images);
+* :class:`TensorImages`: a (N, C, H, W) tensor: float pixels already preprocessed, or raw uint8
+  images that the model's own preprocessing turns into pixels (see :mod:`probe_sae.data.pixels`);
 * :class:`DatasetImages`: a ``torch.utils.data.Dataset`` whose items are images or
   ``(image, ...)`` tuples;
 * :class:`IterableImages`: any iterable of PIL images; a list or any re-iterable can be sought
   by re-reading it, a one-shot iterator only forwards.
 
-:func:`image_source` picks the right one for an object (any of `Images`).
+:func:`image_source` picks the right one for an object (any of `Images`). A source with no
+images is refused when it is built, wherever its length is known.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import torch
 from torch import Tensor
+
+from probe_sae.data.pixels import check_float_pixels, check_integer_images, is_pil, to_batch
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -36,13 +39,22 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 Images: TypeAlias = "str | Path | Tensor | Dataset | Iterable[PILImage] | PILImage | ImageSource"
 
 
-def is_pil(image: object) -> bool:
-    """Whether ``image`` is a PIL image (``False`` when Pillow is not installed)."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow ships with torchvision
-        return False
-    return isinstance(image, Image.Image)
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetImages",
+    "ImageFolder",
+    "ImageSource",
+    "Images",
+    "IterableImages",
+    "TensorImages",
+    "image_source",
+    "is_pil",
+    "to_batch",
+]
+
+
+def _refuse_empty(what: str, fix: str) -> None:
+    raise ValueError(f"{what} holds no images: {fix}")
 
 
 class ImageSource:
@@ -65,6 +77,10 @@ class ImageSource:
         """Images ``start .. start+count-1`` (fewer at the end); unreadable ones are ``None``."""
         raise NotImplementedError
 
+    def name(self, index: int) -> str:
+        """How to point a person at image ``index`` (its path for files)."""
+        return f"image {index}"
+
 
 class ImageFolder(ImageSource):
     """Image files under ``root`` (recursive, sorted paths, common formats)."""
@@ -85,6 +101,9 @@ class ImageFolder(ImageSource):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def name(self, index: int) -> str:
+        return str(self.paths[index])
+
     def read(self, start: int, count: int) -> list[Any]:
         from PIL import Image, UnidentifiedImageError
 
@@ -102,13 +121,27 @@ class ImageFolder(ImageSource):
 
 
 class TensorImages(ImageSource):
-    """Images from a (N, C, H, W) tensor (preprocessed pixels or raw uint8)."""
+    """Images from a (N, C, H, W) tensor.
+
+    Float tensors are pixels already preprocessed for the model (``model.preprocess(images)``);
+    raw [0, 255] floats are refused with the fix. Integer tensors (uint8, or values in
+    [0, 255]) are raw RGB, grayscale or RGBA images: the model's own preprocessing resizes and
+    normalises them, as it does PIL images.
+    """
 
     def __init__(self, images_NCHW: Tensor) -> None:
+        shape = tuple(images_NCHW.shape)
         if images_NCHW.ndim != 4:
-            raise ValueError(
-                f"an image tensor must be (N, C, H, W), got shape {tuple(images_NCHW.shape)}"
-            )
+            extra = " (add the batch axis: x[None])" if images_NCHW.ndim == 3 else ""
+            raise ValueError(f"an image tensor must be (N, C, H, W), got shape {shape}{extra}")
+        if shape[0] == 0:
+            _refuse_empty(f"the image tensor of shape {shape}", "give at least one image")
+        if images_NCHW.is_floating_point():  # the first images now, every image when read
+            check_float_pixels(images_NCHW[:64])
+        elif images_NCHW.is_complex():
+            raise ValueError("the image tensor is complex; give uint8 images or float pixels")
+        else:
+            check_integer_images(images_NCHW)
         self.images = images_NCHW
 
     def __len__(self) -> int:
@@ -122,6 +155,8 @@ class DatasetImages(ImageSource):
     """Images from a map-style dataset; tuple items contribute their first element."""
 
     def __init__(self, dataset: Dataset) -> None:
+        if len(dataset) == 0:
+            _refuse_empty(f"the dataset ({type(dataset).__name__})", "give one with images")
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -141,6 +176,8 @@ class IterableImages(ImageSource):
     """
 
     def __init__(self, iterable: Iterable[Any], lookback: int = 256) -> None:
+        if isinstance(iterable, Sequence) and len(iterable) == 0:
+            _refuse_empty(f"the {type(iterable).__name__} of images", "give at least one image")
         self.iterable = iterable
         self.one_shot = iter(iterable) is iterable
         self.lookback = lookback
@@ -162,7 +199,8 @@ class IterableImages(ImageSource):
         self._it, self._pos, self._recent = iter(self.iterable), 0, {}
 
     def _next(self) -> tuple[bool, Any]:
-        assert self._it is not None
+        if self._it is None:
+            self._restart()
         try:
             image = next(self._it)
         except StopIteration:
@@ -214,10 +252,3 @@ def image_source(images: Images) -> ImageSource:
         f"cannot read images from a {type(images).__name__}: pass a folder path, a (N, C, H, W) "
         "tensor, a torch Dataset, an iterable of PIL images or one PIL image"
     )
-
-
-def to_batch(images: list[Any], preprocess) -> Tensor:
-    """Stack tensors, or preprocess PIL images with the model's own transforms."""
-    if all(isinstance(im, Tensor) for im in images):
-        return torch.stack(images)
-    return preprocess(images)

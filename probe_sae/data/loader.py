@@ -6,6 +6,11 @@ forward pass unless it runs elsewhere. :class:`PrefetchingReader` serves an
 from a ``torch.utils.data.DataLoader`` whose workers read and preprocess the next batches
 while the model runs. A request for any batch other than the next one (a resumed stream, a
 rewind) restarts the loader at that batch, so the stream stays resumable exactly.
+
+The worker processes stop when the reader is closed (:meth:`PrefetchingReader.close`), when it
+is garbage-collected, and when anything (an error, a KeyboardInterrupt) is raised while a batch
+is being read: a traceback kept alive (as Jupyter keeps the last one) does not keep them running.
+A closed reader starts new workers on its next ``read``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +26,7 @@ import torch
 from torch import Tensor
 
 from probe_sae.data.images import DatasetImages, ImageFolder, ImageSource
+from probe_sae.data.pixels import check_float_pixels, model_input
 
 
 class _PreprocessedImages(torch.utils.data.Dataset):
@@ -33,13 +40,26 @@ class _PreprocessedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Tensor | None:
         image = self.source.read(index, 1)[0]
-        if image is None or isinstance(image, Tensor):
+        if image is None:
+            return None
+        image = model_input(image, index)
+        if isinstance(image, Tensor):
+            check_float_pixels(image, f"image {index}")
             return image
         return self.preprocess([image])[0]
 
 
 def _as_list(items: list[Any]) -> list[Any]:
     return items
+
+
+def _shutdown(live: list[Any]) -> None:
+    """Stop the workers of the loader iterator held in ``live`` (and forget it)."""
+    while live:
+        batches = live.pop()
+        stop = getattr(batches, "_shutdown_workers", None)  # torch's own clean shutdown
+        if stop is not None:
+            stop()
 
 
 def fork_available() -> bool:
@@ -73,19 +93,26 @@ class PrefetchingReader:
         self.prefetch_batches = int(prefetch_batches)
         self._batches: Iterator[list[Any]] | None = None
         self._expected: tuple[Any, int] | None = None
+        self._live: list[Any] = []  # the running loader iterator, for the finalizer
+        self._finalizer = weakref.finalize(self, _shutdown, self._live)
 
     def read(self, order: Tensor | None, order_key: object, position: int) -> list[Any]:
         """The batch of images at ``position .. position + batch_size - 1`` of ``order`` (the
         source's own order when ``None``): preprocessed pixels, or ``None`` for unreadable
         images; ``[]`` past the end. ``order_key`` names the order (e.g. the epoch)."""
-        if self._batches is None or self._expected != (order_key, position):
-            self._start(order, position)
-        assert self._batches is not None
-        batch = next(self._batches, [])
+        batches = self._batches
+        if batches is None or self._expected != (order_key, position):
+            batches = self._start(order, position)
+        try:
+            batch = next(batches, [])
+        except BaseException:  # an error in a worker, a KeyboardInterrupt while waiting
+            self.close()
+            raise
         self._expected = (order_key, position + len(batch))
         return batch
 
-    def _start(self, order: Tensor | None, position: int) -> None:
+    def _start(self, order: Tensor | None, position: int) -> Iterator[list[Any]]:
+        """Stop any workers, then start a loader at ``position`` of ``order``."""
         self.close()
         n = len(self.dataset)
         indices = list(range(n)) if order is None else order.tolist()
@@ -99,10 +126,14 @@ class PrefetchingReader:
             multiprocessing_context="fork",
         )
         self._batches = iter(loader)
+        self._live.append(self._batches)
+        return self._batches
 
     def close(self) -> None:
-        """Stop the worker processes (they also stop when the reader is garbage-collected)."""
+        """Stop the worker processes now (waiting for them to exit). They also stop when the
+        reader is garbage-collected; a later ``read`` starts new ones."""
         self._batches, self._expected = None, None
+        _shutdown(self._live)
 
 
 def resolve_workers(num_workers: int | None, source: ImageSource, on_gpu: bool) -> int:

@@ -7,7 +7,7 @@ from probe_sae.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from probe_sae.saes.config import SAEConfig, registered_families
 from probe_sae.saes.dictionary import Dictionary, FreeDictionary
 from probe_sae.saes.factory import available_families, build_sae, family_config
-from probe_sae.saes.io import SAEFormatError, load_sae, save_sae
+from probe_sae.saes.io import SAEFormatError, SAESaveError, load_sae, save_sae
 from probe_sae.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
 from probe_sae.saes.kmeans import kmeans
 from probe_sae.saes.mp import MPSAE, MPConfig
@@ -32,6 +32,7 @@ __all__ = [
     "SAEConfig",
     "SAEFormatError",
     "SAEOutput",
+    "SAESaveError",
     "SparseCodes",
     "TopKConfig",
     "TopKSAE",

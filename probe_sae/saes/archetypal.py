@@ -40,7 +40,10 @@ class ArchetypalConfig:
         if self.delta < 0:
             raise ConfigError(f"delta must be >= 0 (0 = A-SAE, > 0 = RA-SAE), got {self.delta}")
         if self.n_candidates is not None and self.n_candidates <= 0:
-            raise ConfigError(f"n_candidates must be positive, got {self.n_candidates}")
+            raise ConfigError(
+                f"n_candidates must be positive, got {self.n_candidates}: it is the number of "
+                "candidate points; leave it unset (None) for the default"
+            )
 
 
 class ArchetypalDictionary(Dictionary):

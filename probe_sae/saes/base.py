@@ -113,9 +113,7 @@ class SAE(nn.Module):
                 f"{type(self).__name__} takes a {self.config_class.__name__}, got "
                 f"{type(config).__name__}; build_sae(config, d_model) picks the class for you"
             )
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
-        config = config.resolve(d_model)
+        config = config.resolve(d_model)  # checks d_model
         n_concepts = int(config.n_concepts)  # type: ignore[arg-type]
         if isinstance(dictionary, ArchetypalDictionary):
             config = dataclasses.replace(  # type: ignore[call-arg]

@@ -53,7 +53,10 @@ class BatchTopKSAE(LinearEncoderSAE):
     ) -> None:
         super().__init__(d_model, config, dictionary)
         if self.config.k > self.n_concepts:
-            raise ValueError(f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}")
+            raise ValueError(
+                f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}: lower k "
+                "or use a larger dictionary (n_concepts)"
+            )
         self.k, self.threshold_momentum = self.config.k, self.config.threshold_momentum
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))

@@ -9,6 +9,7 @@ builds it. A saved SAE's ``config.json`` is this config (plus format, width and 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -41,10 +42,17 @@ class SAEConfig:
             _FAMILIES[cls.family] = cls
 
     def __post_init__(self) -> None:
-        if self.n_concepts is not None and self.n_concepts <= 0:
-            raise ConfigError(f"n_concepts must be positive, got {self.n_concepts}")
-        if self.expansion <= 0:
-            raise ConfigError(f"expansion must be positive, got {self.expansion}")
+        if self.n_concepts is not None:
+            check_positive_int(
+                "n_concepts",
+                self.n_concepts,
+                "it is the dictionary size (e.g. 8 × the layer's width); leave it unset (None) "
+                "to use expansion × the layer's width",
+            )
+        check_positive_int(
+            "expansion", self.expansion, "n_concepts = expansion × the layer's width; e.g. 8"
+        )
+        check_int("seed", self.seed)
 
     @classmethod
     def tagged(cls, family: str) -> type[SAEConfig]:
@@ -58,6 +66,7 @@ class SAEConfig:
     def resolve(self: Config, d_model: int) -> Config:
         """This config with everything that depends on the layer's width filled in
         (``n_concepts`` from ``expansion``, and the family's own width-dependent defaults)."""
+        check_d_model(d_model)
         n_concepts = self.n_concepts if self.n_concepts is not None else self.expansion * d_model
         return dataclasses.replace(self, n_concepts=n_concepts)
 
@@ -65,6 +74,31 @@ class SAEConfig:
     def archetypal_dictionary(self) -> ArchetypalConfig | None:
         """The archetypal dictionary this SAE uses, ``None`` for a free one."""
         return None
+
+
+def check_int(name: str, value: object) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer (``True`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__}): pass a whole "
+            "number"
+        )
+
+
+def check_positive_int(name: str, value: object, meaning: str) -> None:
+    """Raise :class:`ConfigError`, saying what ``name`` means, unless ``value`` is an integer >= 1."""
+    check_int(name, value)
+    if value <= 0:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be positive, got {value}: {meaning}")
+
+
+def check_d_model(d_model: object) -> None:
+    """Raise a clear error unless ``d_model`` (the layer's width) is a positive integer."""
+    if isinstance(d_model, bool) or not isinstance(d_model, numbers.Integral) or d_model <= 0:
+        raise ValueError(
+            f"d_model must be a positive integer, the width of the layer's tokens (e.g. 768 for "
+            f"a ViT-B), got {d_model!r}; read it from the activations: acts.shape[-1]"
+        )
 
 
 def registered_families() -> dict[str, type[SAEConfig]]:
@@ -82,8 +116,9 @@ class SparsityConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k <= 0:
-            raise ConfigError(f"k must be positive, got {self.k}")
+        check_positive_int(
+            "k", self.k, "it is the concepts per token (matching-pursuit steps for MP); e.g. 32"
+        )
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,16 @@ Implementation. Choosing the atoms needs no gradient and runs on the correlation
 and no one-hot matrices). The differentiable path then replays the k steps on the k gathered
 atoms only, so gradients flow through the coefficients and the residual chain into D and
 b_pre, and not through the argmax. The loss is the plain MSE (k sets the sparsity).
+
+Bound on k. Each step costs a gather over the Gram matrix and keeps an (N, d) atom and
+residual for the backward, and the residual shrinks geometrically, so ``k`` (in the config
+or at inference) is capped at ``MAX_STEPS_PER_WIDTH × d_model`` steps: enough to re-select
+atoms well past ``k = d``, and an error instead of minutes of work for a mistyped ``k``.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +33,9 @@ from probe_sae.saes.base import SAE, SAEOutput, mse
 from probe_sae.saes.config import SparsityConfig
 from probe_sae.saes.dictionary import Dictionary, FreeDictionary
 from probe_sae.saes.sparse import SparseCodes
+
+#: the most matching-pursuit steps an MP-SAE takes, as a multiple of its layer's width
+MAX_STEPS_PER_WIDTH = 4
 
 
 @torch.no_grad()
@@ -74,7 +83,8 @@ def pursue(
 
 @dataclass(frozen=True)
 class MPConfig(SparsityConfig):
-    """Matching-pursuit SAE (Costa, Fel et al. 2025); ``k`` is the number of pursuit steps."""
+    """Matching-pursuit SAE (Costa, Fel et al. 2025); ``k`` is the number of pursuit steps,
+    at most ``MAX_STEPS_PER_WIDTH × d_model``."""
 
     family = "mp"
 
@@ -82,7 +92,8 @@ class MPConfig(SparsityConfig):
 class MPSAE(SAE):
     """Matching-pursuit SAE: ``k`` greedy steps over a unit-norm dictionary.
 
-    ``encode(x, k=...)`` and ``forward(x, k=...)`` take another number of steps at inference.
+    ``encode(x, k=...)`` and ``forward(x, k=...)`` take another number of steps at inference,
+    from 1 to ``max_steps = MAX_STEPS_PER_WIDTH × d_model``.
     """
 
     family = "mp"
@@ -100,12 +111,32 @@ class MPSAE(SAE):
                 "(monotone residual, orthogonal steps) hold only for unit-norm atoms"
             )
         super().__init__(d_model, config, dictionary)
-        self.k = self.config.k
+        self.k = self.check_steps(self.config.k)
+
+    @property
+    def max_steps(self) -> int:
+        """The most matching-pursuit steps ``k`` may be: ``MAX_STEPS_PER_WIDTH × d_model``."""
+        return MAX_STEPS_PER_WIDTH * self.d_model
+
+    def check_steps(self, k: object) -> int:
+        """``k`` if it is a valid number of steps (1 to :attr:`max_steps`), else a clear error."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(
+                f"k (matching-pursuit steps) must be an integer, got {k!r}: pass a whole number"
+            )
+        if k < 1:
+            raise ValueError(f"k (matching-pursuit steps) must be positive, got {k}: e.g. k=32")
+        if k > self.max_steps:
+            raise ValueError(
+                f"k (matching-pursuit steps) must be in [1, {self.max_steps}] "
+                f"({MAX_STEPS_PER_WIDTH} × d_model={self.d_model}), got {k}: the residual is "
+                "already negligible long before, and each step costs time and memory; pass a "
+                "smaller k"
+            )
+        return int(k)
 
     def _pursuit(self, x_c: Tensor, k: int | None) -> tuple[SparseCodes, Tensor]:
-        steps = self.k if k is None else int(k)
-        if steps <= 0:
-            raise ValueError(f"k (matching-pursuit steps) must be positive, got {steps}")
+        steps = self.k if k is None else self.check_steps(k)
         atoms = self.decoder.atoms()
         indices, active = select_atoms(x_c.detach(), atoms.detach(), steps)
         coefs, residual = pursue(x_c, atoms, indices, active)

@@ -62,7 +62,10 @@ class TopKSAE(LinearEncoderSAE):
     ) -> None:
         super().__init__(d_model, config, dictionary)
         if self.config.k > self.n_concepts:
-            raise ValueError(f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}")
+            raise ValueError(
+                f"k must be in [1, n_concepts={self.n_concepts}], got {self.config.k}: lower k "
+                "or use a larger dictionary (n_concepts)"
+            )
         self.k = self.config.k
         self.aux_k = int(self.config.aux_k)  # type: ignore[arg-type]
         self.aux_coeff = self.config.aux_coeff

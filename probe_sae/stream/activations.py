@@ -10,10 +10,18 @@ served from it. Only one window is ever held in memory.
 Because a window is a pure function of where it starts (image, token within that image) and
 of the seed, the stream's position is a handful of integers: ``state_dict()`` /
 ``load_state_dict()`` let a training run resume on exactly the batches it would have seen.
+
+Unreadable images are skipped and counted (``skipped_images``); a stream that skipped some says
+so once, in a warning naming how many and the first of them, at the end of its first pass over
+the images or when it is closed. A source without a single readable image is an error.
+DataLoader workers (``num_workers``) stop on :meth:`ActivationStream.close`, on garbage
+collection, and whenever reading a batch raises (a KeyboardInterrupt included).
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +31,7 @@ from torch import Tensor
 
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.config import replace_fields
-from probe_sae.data.images import Images, image_source, to_batch
+from probe_sae.data.images import Images, ImageSource, image_source, to_batch
 from probe_sae.data.loader import PrefetchingReader, resolve_workers
 from probe_sae.hooks import capture
 from probe_sae.models import VisionModel
@@ -49,6 +57,28 @@ def _window_seed(seed: int, epoch: int, window: int) -> int:
     return ((seed * _MIX + epoch) * _MIX + window) % (2**63 - 1)
 
 
+def _no_tokens_message(
+    source: ImageSource, skipped: int, first_bad: str | None, read: int = 0, tokens: Any = None
+) -> str:
+    """Why a pass over ``source`` gave no token, and what to do about it."""
+    if read:
+        return (
+            f"the token selection {tokens!r} keeps no token of these images: choose tokens= "
+            "among 'all', 'cls', 'patches', 'registers' or token indices (model.layout lists "
+            "the tokens)"
+        )
+    if skipped:
+        return (
+            f"none of the images could be read ({skipped} unreadable, the first: {first_bad}); "
+            "check the files (PIL.Image.open(path).convert('RGB') must work on them) or point "
+            "the stream at other images"
+        )
+    return (
+        f"the image source ({type(source).__name__}) gave no image: pass a non-empty folder, "
+        "tensor, Dataset or list of PIL images"
+    )
+
+
 class ActivationStream:
     """A resumable :class:`~probe_sae.stream.tokens.TokenSource` over a live model.
 
@@ -63,6 +93,9 @@ class ActivationStream:
         fields: :class:`StreamConfig` fields that override ``config`` (``batch_size=256``).
 
     Example: ``ActivationStream(model, "photos/", "blocks.8", batch_size=4096, epochs=2)``.
+
+    ``close()`` (or leaving a ``with ActivationStream(...) as stream:`` block) stops its
+    DataLoader workers; reading on afterwards starts new ones.
     """
 
     def __init__(
@@ -99,7 +132,8 @@ class ActivationStream:
         epochs, shuffle_images = config.epochs, config.shuffle_images
         if (epochs is None or shuffle_images) and self.source.length is None:
             raise ValueError(
-                "endless or image-shuffled streams need a source of known length (a list, Dataset, folder or tensor)"
+                "endless or image-shuffled streams need a source of known length (a list, "
+                "Dataset, folder or tensor)"
             )
         self.epochs, self.shuffle_images, self.seed = epochs, shuffle_images, config.seed
         self.provenance = provenance
@@ -119,6 +153,38 @@ class ActivationStream:
         self._last_window = False
         self._carry: _Captured | None = None
         self.images_read = self.skipped_images = 0
+        self._first_unreadable: str | None = None
+        self._unreadable: tuple[int, set[int]] = (0, set())  # (epoch, its unreadable indices)
+        self._warned_unreadable = False
+        self._tokens_per_image: int | None = None
+        self._finalizer = weakref.finalize(self, self._reader.close) if self._reader else None
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Stop the DataLoader worker processes (if any) and report unreadable images."""
+        if self._reader is not None:
+            self._reader.close()
+        self._warn_unreadable(stacklevel=3)
+
+    def __enter__(self) -> ActivationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _warn_unreadable(self, stacklevel: int) -> None:
+        """Once per stream: how many images were skipped as unreadable, and the first."""
+        if self.skipped_images and not self._warned_unreadable:
+            self._warned_unreadable = True
+            distinct = len(self._unreadable[1])
+            length = self.source.length
+            warnings.warn(
+                f"ActivationStream skipped {distinct} unreadable image(s)"
+                f"{'' if length is None else f' of {length}'} (the first: "
+                f"{self._first_unreadable}); stream.skipped_images counts them on every pass. "
+                "Remove or repair those files to train on every image.",
+                stacklevel=stacklevel,
+            )
 
     # ---------------------------------------------------------------- protocol
     def widths(self) -> dict[str, int]:
@@ -165,6 +231,17 @@ class ActivationStream:
         self.batch_index = int(state["batch"])
 
     def next_batch(self) -> dict[str, Tensor] | None:
+        """The next batch of tokens, ``{layer key: (batch_size, d)}``, or ``None`` at the end.
+
+        Anything raised meanwhile (a KeyboardInterrupt included) first stops the workers."""
+        try:
+            return self._next_batch()
+        except BaseException:
+            if self._reader is not None:
+                self._reader.close()
+            raise
+
+    def _next_batch(self) -> dict[str, Tensor] | None:
         while True:
             if self._pool is None:
                 if self.epochs is not None and self.epoch >= self.epochs:
@@ -181,21 +258,21 @@ class ActivationStream:
 
     def tokens_per_image(self) -> int:
         """Tokens selected per image (measured on the first readable image)."""
-        if not hasattr(self, "_tokens_per_image"):
-            for start in range(0, self.source.length or 10**9):
-                images = self.source.read(start, 1)
-                if not images:
-                    break
-                if images[0] is not None:
-                    pixels = to_batch(images, self.model.preprocess)
-                    captured = capture(
-                        self.model, pixels, [next(iter(self.layer_specs.values()))], self.tokens
-                    )
-                    self._tokens_per_image = next(iter(captured.values())).tokens_per_image
-                    break
-            else:
-                raise ValueError("no readable image in the source")
+        if self._tokens_per_image is None:
+            self._tokens_per_image = self._measure_tokens_per_image()
         return self._tokens_per_image
+
+    def _measure_tokens_per_image(self) -> int:
+        index, first_bad = 0, None
+        while images := self.source.read(index, 1):
+            if images[0] is not None:
+                pixels = to_batch(images, self.model.preprocess)
+                layer = next(iter(self.layer_specs.values()))
+                captured = capture(self.model, pixels, [layer], self.tokens)
+                return next(iter(captured.values())).tokens_per_image
+            first_bad = first_bad or self.source.name(index)
+            index += 1
+        raise ValueError(_no_tokens_message(self.source, index, first_bad))
 
     # ------------------------------------------------------------------ windows
     def _image_order(self) -> Tensor | None:
@@ -223,7 +300,7 @@ class ActivationStream:
         if not images:
             return None
         readable = [(i, im) for i, im in enumerate(images) if im is not None]
-        self.skipped_images += len(images) - len(readable)
+        self._note_unreadable(order, position, images)
         self.images_read += len(readable)
         if not readable:
             return _Captured(key, len(images), [], {}, 0, None)
@@ -238,6 +315,20 @@ class ActivationStream:
             first.tokens_per_image,
             first.token_index[: first.tokens_per_image],
         )
+
+    def _note_unreadable(self, order: Tensor | None, position: int, images: list[Any]) -> None:
+        """Count the unreadable images of a batch (once per epoch, even when a batch is read
+        again after an interruption or a resume); remember the first one."""
+        if self._unreadable[0] != self.epoch:
+            self._unreadable = (self.epoch, set())
+        seen = self._unreadable[1]
+        for i, image in enumerate(images):
+            index = position + i if order is None else int(order[position + i])
+            if image is not None or index in seen:
+                continue
+            seen.add(index)
+            self.skipped_images += 1
+            self._first_unreadable = self._first_unreadable or self.source.name(index)
 
     def _fill(self) -> None:
         """Capture tokens from (cursor, offset) until the window is full or the images end.
@@ -284,6 +375,17 @@ class ActivationStream:
             break
         if self._last_window:
             self._next_start, self._carry = (position, 0), None
+            if have == 0 and self.cursor == 0 and self.offset == 0:  # a whole pass, no token
+                raise ValueError(
+                    _no_tokens_message(
+                        self.source,
+                        self.skipped_images,
+                        self._first_unreadable,
+                        self.images_read,
+                        self.tokens,
+                    )
+                )
+            self._warn_unreadable(stacklevel=5)
         gen = torch.Generator().manual_seed(_window_seed(self.seed, self.epoch, self.window))
         pool = {
             k: torch.cat(v) if v else torch.empty(0, self._widths.get(k, 0))

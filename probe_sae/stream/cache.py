@@ -11,13 +11,15 @@ renamed into place, with their SHA-256 in the manifest, which is written last: a
 with a manifest is complete. :class:`CachedTokens` reads shards sequentially, a group of
 shards at a time, and shuffles tokens across the group with a seeded permutation, so
 training from the cache mixes shards while the disk is read front to back.
+
+The reader opens only files inside the cache folder: a manifest naming a shard by an
+absolute path, through ``..``, or through a symlink that leads out of the folder is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe_sae._atomic import atomic_write
 from probe_sae.constants import CACHE_FORMAT as FORMAT
 from probe_sae.constants import CACHE_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.constants import CACHE_MANIFEST_NAME
@@ -82,9 +85,7 @@ def write_cache(
         for layer, parts in pending.items():
             rows = np.ascontiguousarray(np.concatenate(parts).astype(np_dtype))
             name = f"shard-{index:05d}.{_safe(layer)}.bin"
-            tmp = out / f".{name}.tmp"
-            rows.tofile(tmp)
-            os.replace(tmp, out / name)
+            atomic_write(out / name, rows.tofile)
             sha = hashlib.sha256(rows.tobytes()).hexdigest()
             digest.update(sha.encode())
             entry["files"][layer] = {"file": name, "sha256": sha}
@@ -123,9 +124,8 @@ def write_cache(
         "shards": shards,
         **info,
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / CACHE_MANIFEST_NAME)
+    text = json.dumps(manifest, indent=1)
+    atomic_write(out / CACHE_MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
     return out
 
 
@@ -137,10 +137,73 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{folder} holds no manifest.json: not a (complete) activation cache"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupted (not valid JSON: {err}); rewrite the cache") from err
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
         raise ValueError(f"{path} is not an activation cache of format version {FORMAT_VERSION}")
+    _check_manifest(path, manifest)
     return manifest
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Raise a clear error unless the manifest's layers, dtype and shards are well formed and
+    every shard file lies inside the cache folder."""
+    layers, shards = manifest.get("layers"), manifest.get("shards")
+    if manifest.get("dtype") not in _DTYPES:
+        problem = f"dtype {manifest.get('dtype')!r} is not one of {sorted(_DTYPES)}"
+    elif not isinstance(layers, dict) or not all(
+        isinstance(v, dict) and _is_count(v.get("width")) and v["width"] > 0
+        for v in layers.values()
+    ):
+        problem = "'layers' is not {layer: {'width': positive integer}}"
+    elif not isinstance(shards, list) or not all(_shard_ok(s, layers) for s in shards):
+        problem = "'shards' is not a list of {'count': n, 'files': {layer: {'file': name}}}"
+    else:
+        for shard in shards:
+            for layer, entry in shard["files"].items():
+                _shard_path(path.parent, entry["file"], layer)
+        return
+    raise ValueError(f"{path} is malformed: {problem}; rewrite the cache with write_cache")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_ok(shard: object, layers: dict[str, Any]) -> bool:
+    """Whether a manifest's shard entry has a count and one file name for every layer."""
+    if not isinstance(shard, dict) or not _is_count(shard.get("count")):
+        return False
+    files = shard.get("files")
+    return (
+        isinstance(files, dict)
+        and set(files) == set(layers)
+        and all(isinstance(f, dict) and isinstance(f.get("file"), str) for f in files.values())
+    )
+
+
+def _shard_path(folder: Path, name: str, layer: str) -> Path:
+    """The path of the shard file ``name`` of a cache folder; refuses a name that leads out of
+    the folder (an absolute path, ``..``, or a symlink pointing elsewhere)."""
+    path = folder / name
+    root = folder.resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or not name:
+        escapes = True
+    else:
+        escapes = not path.resolve().is_relative_to(root)
+    if escapes:
+        raise ValueError(
+            f"the manifest of the cache {folder} names the shard file {name!r} ({layer}), which "
+            "lies outside the cache folder; a cache may only read files inside its own folder: "
+            "rewrite the cache with write_cache, or copy the shards into the folder"
+        )
+    return path
 
 
 class CachedTokens:
@@ -179,18 +242,37 @@ class CachedTokens:
         """Re-hash every shard; raise if one differs from the manifest."""
         for shard in self.manifest["shards"]:
             for layer, f in shard["files"].items():
-                data = (self.folder / f["file"]).read_bytes()
-                if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                data = self._path(f["file"], layer).read_bytes()
+                if hashlib.sha256(data).hexdigest() != f.get("sha256"):
                     raise ValueError(
                         f"{f['file']} ({layer}) does not match its hash: the cache is corrupted"
                     )
 
+    def _path(self, name: str, layer: str) -> Path:
+        """A shard file's path, checked to lie inside the cache folder and to exist."""
+        path = _shard_path(self.folder, name, layer)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the cache {self.folder} lacks the shard file {name} ({layer}) its manifest "
+                "names: it is incomplete; rewrite it with write_cache"
+            )
+        return path
+
     def _load(self, index: int, layer: str) -> np.ndarray:
         shard = self.manifest["shards"][index]
-        width = self.manifest["layers"][layer]["width"]
-        path = self.folder / shard["files"][layer]["file"]
-        arr = np.memmap(path, dtype=_DTYPES[self.manifest["dtype"]], mode="r")
-        return np.asarray(arr).reshape(shard["count"], width)
+        width, count = self.manifest["layers"][layer]["width"], shard["count"]
+        name = shard["files"][layer]["file"]
+        dtype = _DTYPES[self.manifest["dtype"]]
+        path = self._path(name, layer)
+        if path.stat().st_size != count * width * np.dtype(dtype).itemsize:
+            raise ValueError(
+                f"the shard file {name} ({layer}) of the cache {self.folder} does not hold "
+                f"{count} × {width} {self.manifest['dtype']} values: the cache is corrupted; "
+                "rewrite it with write_cache"
+            )
+        if count == 0:
+            return np.empty((0, width), dtype=dtype)
+        return np.asarray(np.memmap(path, dtype=dtype, mode="r")).reshape(count, width)
 
     def _groups(self) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

@@ -1,12 +1,15 @@
 """Online SAE training: schedules, initialisation, dead latents, checkpoints, the loop."""
 
 from probe_sae.train.api import apply_fields, named_saes, train_sae
+from probe_sae.train.checkpoint import CheckpointError, CheckpointWarning
 from probe_sae.train.config import TrainConfig
 from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.schedule import warmup_cosine
 from probe_sae.train.trainer import SAETarget, Trainer, TrainResult, build_for_run
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
     "SAETarget",
     "TrainConfig",
     "TrainResult",

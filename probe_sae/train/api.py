@@ -133,6 +133,7 @@ def train_sae(
     stream: StreamConfig | None = None,
     train: TrainConfig | None = None,
     resume: str | Path | None = None,
+    allow_changes: Sequence[str] = (),
     **fields: Any,
 ) -> TrainResult:
     """Stream ``layer``'s activations over ``images`` into one or several SAEs, online.
@@ -147,7 +148,14 @@ def train_sae(
         stream: how images become batches of tokens (:class:`StreamConfig`).
         train: optimisation settings (:class:`TrainConfig`); ``max_steps`` defaults to the
             stream's epochs over the images.
-        resume: a checkpoint folder of an interrupted run to continue exactly.
+        resume: the checkpoint folder of an interrupted run (``checkpoint_dir``) to continue
+            exactly: its newest intact checkpoint is used (damaged ones are skipped with a
+            warning), and one with no complete checkpoint yet starts the run afresh, so the
+            same call with ``resume=`` always works. The other arguments must be those of the
+            interrupted run; a difference raises an error listing the fields.
+        allow_changes: fields that may differ from the checkpoint's on resume (``"max_steps"``
+            to extend a run, or dotted paths such as ``"train.lr"``); see
+            :meth:`~probe_sae.train.trainer.Trainer.run`.
         fields: any field of the configs above by name, set wherever it applies
             (``n_concepts=512, k=16, batch_size=256, epochs=2, lr=1e-3, seed=0``).
 
@@ -163,7 +171,7 @@ def train_sae(
         named_saes(sae), stream or StreamConfig(), train or TrainConfig(), fields
     )
     source = ActivationStream(model, images, layer, stream_config)
-    return train_from_source(saes, source, train_config, resume=resume)
+    return train_from_source(saes, source, train_config, resume=resume, allow_changes=allow_changes)
 
 
 def train_from_source(
@@ -171,9 +179,11 @@ def train_from_source(
     source: ActivationStream,
     config: TrainConfig,
     resume: str | Path | None = None,
+    allow_changes: Sequence[str] = (),
 ) -> TrainResult:
     """Train the named SAEs on the first layer of an activation stream; ``max_steps``
-    defaults to the stream's epochs over its images."""
+    defaults to the stream's epochs over its images. ``resume`` and ``allow_changes`` are
+    those of :meth:`~probe_sae.train.trainer.Trainer.run`."""
     if config.max_steps is None:
         try:
             steps = steps_for_epochs(source, source.epochs, source.batch_size)
@@ -184,4 +194,4 @@ def train_from_source(
             config = dataclasses.replace(config, max_steps=steps)
     key = source.layer_keys[0]
     targets = [SAETarget(name, key, item) for name, item in saes.items()]
-    return Trainer(targets, source, config).run(resume=resume)
+    return Trainer(targets, source, config).run(resume=resume, allow_changes=allow_changes)

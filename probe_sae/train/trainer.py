@@ -2,23 +2,27 @@
 
 Each step, for every SAE: forward, backward, ``prepare_gradients`` (unit-norm atoms),
 gradient clipping, AdamW, ``apply_constraints`` (feasible dictionary right after the step).
-Before the first step the run estimates, on its first tokens, the normalisation statistics,
-``b_pre`` (geometric median) and, for archetypal SAEs, the candidates (k-means), then rewinds
-the source so those tokens are trained on too. Metrics are logged every ``log_every`` steps;
-checkpoints are written atomically every ``checkpoint_every`` steps and on Ctrl-C, and
-``resume=`` continues exactly where a checkpoint stopped.
+Before the first step the run estimates, on the finite tokens of its first sample, the
+normalisation statistics, ``b_pre`` (geometric median) and, for archetypal SAEs, the candidates
+(k-means), then rewinds the source so those tokens are trained on too. Non-finite tokens are
+skipped, counted and reported (one warning per run). Metrics are logged every ``log_every``
+steps; checkpoints are written atomically every ``checkpoint_every`` steps, at the end and on
+Ctrl-C, always at a step boundary, and ``resume=`` verifies them and continues exactly where
+one stopped (see :meth:`Trainer.run`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -26,13 +30,14 @@ from probe_sae._atomic import atomic_write
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.config import to_dict
 from probe_sae.constants import TRAINING_LOG
-from probe_sae.metrics.reconstruction import ReconstructionStats
 from probe_sae.saes import SAE, SAEConfig, build_sae, kmeans, load_sae
+from probe_sae.saes.factory import sae_from_config
 from probe_sae.stream.tokens import TokenSource
 from probe_sae.train import checkpoint as ckpt
 from probe_sae.train.config import TrainConfig
-from probe_sae.train.dead import FiringTracker
 from probe_sae.train.init import geometric_median, normalization_stats
+from probe_sae.train.interrupt import InterruptGuard
+from probe_sae.train.sae_run import SAERun
 from probe_sae.train.schedule import warmup_cosine
 
 
@@ -79,6 +84,8 @@ class TrainResult:
         steps, tokens: optimizer steps taken and tokens seen.
         nonfinite_tokens: per layer, tokens skipped because they were not finite.
         checkpoint: the latest checkpoint folder, when the run wrote checkpoints.
+        skipped_images: images the source skipped as unreadable during the run, over all its
+            resumes (the source's ``skipped_images``; 0 for a source without one).
     """
 
     saes: dict[str, SAE]
@@ -87,6 +94,7 @@ class TrainResult:
     tokens: int
     nonfinite_tokens: dict[str, int]
     checkpoint: Path | None
+    skipped_images: int = 0
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write each SAE to ``out_dir/<name>/`` (``config.json`` + ``model.safetensors``) with
@@ -99,96 +107,6 @@ class TrainResult:
             atomic_write(folder / TRAINING_LOG, lambda tmp, text=text: Path(tmp).write_text(text))
             folders[name] = folder
         return folders
-
-
-class _Run:
-    """The training state of one SAE."""
-
-    def __init__(self, target: SAETarget, sae: SAE, config: TrainConfig) -> None:
-        self.name, self.layer, self.sae = target.name, target.layer, sae
-        self.optimizer = torch.optim.AdamW(
-            sae.parameters(),
-            lr=config.lr,
-            betas=config.betas,
-            weight_decay=config.weight_decay,
-            fused=_fused_supported(sae),
-        )
-        self.tracker = FiringTracker(sae.n_concepts, config.dead_window, config.dense_threshold)
-        self.uses_dead_mask = hasattr(sae, "aux_coeff") and getattr(sae, "aux_coeff", 0) > 0
-        self._reset_interval()
-
-    def _reset_interval(self) -> None:
-        self.stats = ReconstructionStats()
-        self.l0_sum, self.loss_sum, self.n_steps = 0.0, 0.0, 0
-        self.term_sums: dict[str, float] = {}
-
-    def step(self, x: Tensor, lr: float, grad_clip: float | None) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        dead = self.tracker.dead_mask() if self.uses_dead_mask else None
-        out = self.sae(x, dead_mask=dead)
-        out.loss.backward()
-        self.sae.prepare_gradients()
-        if grad_clip is not None:
-            clip_grad_norm(self.sae.parameters(), grad_clip)
-        self.optimizer.step()
-        self.sae.apply_constraints()
-        with torch.no_grad():
-            if out.sparse_codes is not None:
-                codes = out.sparse_codes
-                active = codes.indices[codes.values != 0]
-                l0 = float(codes.l0().double().sum())
-            else:
-                active = out.dense_codes != 0
-                l0 = float(active.double().sum())
-            self.tracker.update(active, x.shape[0])
-            self.stats.update(x, out.x_hat)
-        self.l0_sum += l0
-        self.loss_sum += float(out.loss.detach())
-        self.n_steps += 1
-        for key, value in out.terms.items():
-            self.term_sums[key] = self.term_sums.get(key, 0.0) + float(value)
-
-    def summary(self) -> dict[str, float]:
-        row = {
-            "fvu": self.stats.fvu,
-            "l0": self.l0_sum / max(self.stats.n_tokens, 1),
-            "loss": self.loss_sum / max(self.n_steps, 1),
-            **{k: v / max(self.n_steps, 1) for k, v in self.term_sums.items()},
-            **self.tracker.interval_summary(),
-        }
-        self._reset_interval()
-        return row
-
-
-@torch.no_grad()
-def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> float:
-    """Scale the gradients so that their joint L2 norm is at most ``max_norm``; returns the norm.
-
-    The same scaling as ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)``
-    when below 1), but the gradients are left untouched when no clipping is needed instead of
-    being multiplied by 1.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return 0.0
-    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
-    total = float(torch.linalg.vector_norm(norms))
-    factor = max_norm / (total + 1e-6)
-    if factor < 1.0:
-        torch._foreach_mul_(grads, factor)
-    return total
-
-
-def _fused_supported(sae: SAE) -> bool:
-    p = next(sae.parameters())
-    return p.device.type in ("cpu", "cuda") and p.dtype in (
-        torch.float32,
-        torch.float64,
-        torch.float16,
-        torch.bfloat16,
-    )
 
 
 class Trainer:
@@ -211,11 +129,17 @@ class Trainer:
         if len(set(names)) != len(names):
             raise ValueError(f"SAE run names must be unique, got {names}")
         self._validate()
-        self.runs: list[_Run] = []
+        self.runs: list[SAERun] = []
         self.step = self.tokens = 0
         self.metrics: list[dict[str, Any]] = []
         self.nonfinite = {t.layer: 0 for t in targets}
         self.last_checkpoint: Path | None = None
+        self._saved_step: int | None = None  # step of the last checkpoint in checkpoint_dir
+        self._torn = False  # interrupted inside a step: the state is not a consistent one
+        self._warned_nonfinite = False
+        self._skipped_before = self._skipped_start = 0
+        self._interval_start, self._interval_tokens = time.perf_counter(), 0
+        self._bar: Any = None
 
     # ------------------------------------------------------------------ set-up
     def _validate(self) -> None:
@@ -227,8 +151,9 @@ class Trainer:
                 )
             if isinstance(t.sae, SAE) and t.sae.d_model != widths[t.layer]:
                 raise ValueError(
-                    f"width mismatch for SAE {t.name!r}: it takes d_model={t.sae.d_model} but layer "
-                    f"{t.layer!r} has width {widths[t.layer]}; build it with d_model={widths[t.layer]}"
+                    f"width mismatch for SAE {t.name!r}: it takes d_model={t.sae.d_model} but "
+                    f"layer {t.layer!r} has width {widths[t.layer]}; build it with "
+                    f"d_model={widths[t.layer]}"
                 )
         cfg = self.config
         if cfg.max_steps is None and cfg.max_tokens is None:
@@ -243,12 +168,27 @@ class Trainer:
         candidates = [s for s in (cfg.max_steps, by_tokens) if s is not None]
         return max(min(candidates), 1)
 
+    def run_config(self) -> dict[str, Any]:
+        """The settings a checkpoint records and a resume must match: the TrainConfig
+        (``train``), each SAE's layer and resolved config (``saes.<name>``) and the source's
+        description (``source``, see :func:`~probe_sae.train.checkpoint.describe_source`)."""
+        widths = self.source.widths()
+        saes = {}
+        for t in self.targets:
+            config = t.sae.config if isinstance(t.sae, SAE) else t.sae.resolve(widths[t.layer])
+            saes[t.name] = {"layer": t.layer, "config": to_dict(config)}
+        return {
+            "train": to_dict(self.config),
+            "saes": saes,
+            "source": ckpt.describe_source(self.source),
+        }
+
     def _first_tokens(self) -> dict[str, Tensor]:
         """Finite tokens of the first ``init_tokens`` of each layer; rewinds the source."""
         start = self.source.state_dict()
-        layers = {t.layer for t in self.targets}
+        layers = sorted({t.layer for t in self.targets})
         chunks: dict[str, list[Tensor]] = {k: [] for k in layers}
-        have = 0
+        have = seen = 0
         while have < self.config.init_tokens:
             batch = self.source.next_batch()
             if batch is None:
@@ -257,10 +197,42 @@ class Trainer:
                 x = batch[k]
                 chunks[k].append(x[torch.isfinite(x).all(dim=1)].float())
             have += self.source.batch_size
+            seen += batch[layers[0]].shape[0]
         self.source.load_state_dict(start)
         if have == 0:
-            raise ValueError("the token source is empty")
-        return {k: torch.cat(v) for k, v in chunks.items()}
+            raise ValueError(self._no_batch_message())
+        first = {k: torch.cat(v) for k, v in chunks.items()}
+        for layer, x in first.items():
+            if x.shape[0] == 0:
+                raise ValueError(
+                    f"layer {layer!r}: all {seen} tokens of the run's first sample (init_tokens="
+                    f"{self.config.init_tokens}) are non-finite (NaN or Inf), so no normalisation "
+                    "can be estimated; check the model and its inputs (the images' scale, a hook "
+                    "that produces NaN) before training on this layer"
+                )
+        return first
+
+    def _no_batch_message(self) -> str:
+        source, batch_size = self.source, self.source.batch_size
+        read = getattr(source, "images_read", None)
+        skipped = int(getattr(source, "skipped_images", 0) or 0)
+        if read == 0 and skipped:
+            return (
+                f"the token source gave no batch: none of its images could be read ({skipped} "
+                "skipped as unreadable); check the image files"
+            )
+        detail = f" (it read {read} images" if read else ""
+        if read:
+            length = getattr(getattr(source, "source", None), "length", None)
+            per_image = getattr(source, "tokens_per_image", None)
+            if length and per_image is not None:
+                detail += f"; one pass gives {length * per_image():,} tokens"
+            detail += f", {skipped} unreadable ones skipped)" if skipped else ")"
+        return (
+            f"the token source gave no batch: it holds fewer tokens than one batch of "
+            f"batch_size={batch_size}{detail}; lower batch_size (StreamConfig.batch_size, "
+            "batch_size= of train_sae) or give the source more data"
+        )
 
     def _initialise(self) -> None:
         first = self._first_tokens()
@@ -278,50 +250,89 @@ class Trainer:
             with torch.no_grad():
                 sae.b_pre.copy_(geometric_median(x_n).to(sae.b_pre))
             sae.train()
-            self.runs.append(_Run(t, sae, self.config))
+            self.runs.append(SAERun(t.name, t.layer, sae, self.config))
 
-    def _restore(self, path: str | Path) -> None:
-        folder = ckpt.resolve_checkpoint(path)
-        state = ckpt.read_checkpoint(folder)
+    # ------------------------------------------------------------------ resume
+    def _restore(self, path: str | Path, allow_changes: Sequence[str]) -> bool:
+        """Load the newest intact checkpoint of ``path``; False when there is none to load."""
+        own = self.config.checkpoint_dir
+        new_run_ok = own is not None and Path(path).resolve() == Path(own).resolve()
+        opened = ckpt.open_checkpoint(path, new_run_ok=new_run_ok)
+        if opened is None:
+            return False
+        folder, state = opened
         saved = {r["name"]: r["layer"] for r in state["targets"]}
         wanted = {t.name: t.layer for t in self.targets}
         if saved != wanted:
-            raise ValueError(
-                f"checkpoint {folder} trains {saved}, this run {wanted}: resume with the same targets"
+            raise ckpt.CheckpointError(
+                f"checkpoint {folder} trains {saved}, this run {wanted}: resume with the same "
+                "SAE names and layers"
             )
-        for t in self.targets:
-            run_state = ckpt.read_run(folder, t.name)
-            loaded = load_sae(run_state["sae_dir"])
-            if isinstance(t.sae, SAE):
-                t.sae.load_state_dict(loaded.state_dict())
-                t.sae.normalization = loaded.normalization
-                sae = t.sae
-            else:
-                sae = loaded
-            sae.train()
-            run = _Run(t, sae, self.config)
-            ckpt.load_optimizer_state(
-                run.optimizer, run_state["optimizer_tensors"], run_state["optimizer_meta"]
-            )
-            run.tracker.load_state_dict(run_state["tracker"])
-            self.runs.append(run)
+        changes = ckpt.check_run_config(folder, state["run"], self.run_config(), allow_changes)
+        try:
+            for t in self.targets:
+                run = self._load_run(folder, t, changes)
+                run.load_interval_state(state["intervals"][t.name])
+                self.runs.append(run)
+            self.source.load_state_dict(state["source"])
+        except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as err:
+            if isinstance(err, ckpt.CheckpointError):
+                raise
+            raise ckpt.CheckpointError(
+                f"checkpoint {folder} passed its checksums but could not be loaded ({err}): it "
+                "was written by another probe_sae version, or an allowed change does not fit "
+                "its saved state; resume with the version and arguments that wrote it"
+            ) from err
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.metrics = list(state["metrics"])
-        self.nonfinite = dict(state["nonfinite"])
-        self.source.load_state_dict(state["source"])
+        self.nonfinite = {**self.nonfinite, **state["nonfinite"]}
+        self._skipped_before = int(state["skipped_images"])
+        self.last_checkpoint = folder
+        if own is not None and folder.parent.resolve() == Path(own).resolve():
+            self._saved_step = self.step
+        return True
+
+    def _load_run(
+        self, folder: Path, target: SAETarget, changes: list[tuple[str, Any, Any]]
+    ) -> SAERun:
+        run_state = ckpt.read_run(folder, target.name)
+        loaded = load_sae(run_state["sae_dir"])
+        if isinstance(target.sae, SAE):
+            target.sae.load_state_dict(loaded.state_dict())
+            target.sae.normalization = loaded.normalization
+            target.sae.provenance = {**loaded.provenance, **target.sae.provenance}
+            sae = target.sae
+        else:
+            sae = _with_changes(loaded, target.name, changes)
+        sae.train()
+        run = SAERun(target.name, target.layer, sae, self.config)
+        ckpt.load_optimizer_state(
+            run.optimizer, run_state["optimizer_tensors"], run_state["optimizer_meta"]
+        )
+        for group in run.optimizer.param_groups:  # an allowed change of these takes effect
+            group["betas"], group["weight_decay"] = self.config.betas, self.config.weight_decay
+        run.tracker.load_state_dict(run_state["tracker"])
+        return run
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current state into ``config.checkpoint_dir``."""
         if self.config.checkpoint_dir is None:
             raise ValueError("set TrainConfig.checkpoint_dir to write checkpoints")
+        if self._torn:
+            raise RuntimeError(
+                "this run was interrupted inside a step, its SAEs partly updated: no checkpoint "
+                "can be written of that state; resume from its last checkpoint instead"
+            )
         state = {
             "step": self.step,
             "tokens": self.tokens,
-            "config": to_dict(self.config),
+            "run": self.run_config(),
             "source": self.source.state_dict(),
             "targets": [{"name": r.name, "layer": r.layer} for r in self.runs],
             "metrics": self.metrics,
+            "intervals": {r.name: r.interval_state() for r in self.runs},
             "nonfinite": self.nonfinite,
+            "skipped_images": self.skipped_images,
         }
         runs = {
             r.name: {"sae": r.sae, "optimizer": r.optimizer, "tracker": r.tracker}
@@ -330,76 +341,166 @@ class Trainer:
         self.last_checkpoint = ckpt.write_checkpoint(
             Path(self.config.checkpoint_dir), self.step, state, runs, self.config.keep_checkpoints
         )
+        self._saved_step = self.step
         return self.last_checkpoint
 
+    @property
+    def skipped_images(self) -> int:
+        """Unreadable images the source skipped in this run (and before its checkpoint)."""
+        now = int(getattr(self.source, "skipped_images", 0) or 0)
+        return self._skipped_before + max(now - self._skipped_start, 0)
+
     # -------------------------------------------------------------------- loop
-    def run(self, resume: str | Path | None = None) -> TrainResult:
-        """Train until ``total_steps`` (or the source ends); returns the SAEs and the metrics log."""
-        if resume is not None:
-            self._restore(resume)
-        else:
-            self._initialise()
-        if any(on_cpu(r.sae.b_pre.device) for r in self.runs):
-            tune_cpu_allocator()
-        cfg, total = self.config, self.total_steps
-        bar = tqdm(
+    def run(
+        self, resume: str | Path | None = None, allow_changes: Sequence[str] = ()
+    ) -> TrainResult:
+        """Train until ``total_steps`` (or the source ends); returns the SAEs and the metrics log.
+
+        Args:
+            resume: a run's checkpoint directory (or one of its ``step-*`` folders) to continue
+                from exactly. The newest checkpoint is verified (checksums of every file) and a
+                damaged one is skipped for the newest intact one, with a
+                :class:`~probe_sae.train.checkpoint.CheckpointWarning` naming the damage. A
+                directory with no complete checkpoint yet (or ``checkpoint_dir`` itself, not yet
+                created) starts the run afresh with a warning, so the same call with ``resume=``
+                always works. The run's settings (:meth:`run_config`) must match the
+                checkpoint's; otherwise a
+                :class:`~probe_sae.train.checkpoint.CheckpointError` lists the differing fields.
+            allow_changes: settings that may differ from the checkpoint's, by dotted path
+                (``"train.max_steps"``) or field name (``"max_steps"``, matching that field
+                everywhere); the new values are used from the checkpoint's step on (an SAE
+                config change must fit the saved weights). ``progress``, ``log_every``,
+                ``checkpoint_every``, ``keep_checkpoints``, ``checkpoint_dir`` and the stream's
+                ``num_workers`` may always change. Fields read only when a run starts
+                (``init_tokens``, ``normalization``) have no effect on a resumed run. Resuming
+                from an older ``step-*`` folder replaces the later checkpoints of its directory
+                as the run goes on.
+
+        Ctrl-C (SIGINT, main thread) during a step is held until every SAE has finished that
+        step; then the checkpoint of that step boundary is written (with ``checkpoint_dir``)
+        and KeyboardInterrupt propagates. A Ctrl-C while the source reads a batch rolls the
+        source back to the last step. A second Ctrl-C, or a KeyboardInterrupt raised inside a
+        step some other way, stops at once and writes nothing: resume continues from the last
+        checkpoint. The source's ``close()``, if it has one, is called however the run ends.
+        """
+        allowed = (allow_changes,) if isinstance(allow_changes, str) else tuple(allow_changes)
+        try:
+            self._skipped_start = int(getattr(self.source, "skipped_images", 0) or 0)
+            if resume is None or not self._restore(resume, allowed):
+                self._initialise()
+            if any(on_cpu(r.sae.b_pre.device) for r in self.runs):
+                tune_cpu_allocator()
+            self._train(self.total_steps)
+            if self.config.checkpoint_dir is not None and self._saved_step != self.step:
+                self.save_checkpoint()
+        finally:
+            close = getattr(self.source, "close", None)
+            if callable(close):
+                close()
+        return self._result()
+
+    def _train(self, total: int) -> None:
+        self._bar = tqdm(
             total=total,
             initial=self.step,
             desc="training SAEs",
             unit="step",
-            disable=not cfg.progress,
+            disable=not self.config.progress,
         )
-        interval_start, interval_tokens = time.perf_counter(), 0
+        self._interval_start, self._interval_tokens = time.perf_counter(), 0
+        phase, before = "boundary", None
         try:
-            while self.step < total:
-                batch = self.source.next_batch()
-                if batch is None:
-                    break
-                for run in self.runs:
-                    x = batch[run.layer]
-                    finite = torch.isfinite(x).all(dim=1)
-                    if not bool(finite.all()):
-                        self.nonfinite[run.layer] += int((~finite).sum())
-                        x = x[finite]
-                    if x.shape[0] == 0:
-                        continue
-                    lr = self._lr(self.step, total)
-                    run.step(
-                        x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype),
-                        lr,
-                        cfg.grad_clip,
-                    )
-                n = next(iter(batch.values())).shape[0]
-                self.step += 1
-                self.tokens += n
-                interval_tokens += n
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    elapsed = time.perf_counter() - interval_start
-                    self._log(lr, interval_tokens / max(elapsed, 1e-9))
-                    bar.set_postfix(
-                        tok_s=f"{interval_tokens / max(elapsed, 1e-9):,.0f}",
-                        fvu=f"{self.metrics[-1]['fvu']:.3f}",
-                    )
-                    interval_start, interval_tokens = time.perf_counter(), 0
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if any(run.n_steps for run in self.runs):  # the source ended between two log rows
-                elapsed = time.perf_counter() - interval_start
-                self._log(self._lr(self.step - 1, total), interval_tokens / max(elapsed, 1e-9))
+            with InterruptGuard() as guard:
+                while self.step < total:
+                    before, phase = self.source.state_dict(), "fetch"
+                    batch = self.source.next_batch()
+                    if batch is None:
+                        break
+                    with guard.deferred():
+                        phase = "step"
+                        self._step(batch, total)
+                        phase = "boundary"
+                with guard.deferred():
+                    phase = "step"
+                    if any(run.n_steps for run in self.runs):  # the source ended between rows
+                        self._log_interval(self._lr(self.step - 1, total))
+                    phase = "boundary"
         except KeyboardInterrupt:
-            if cfg.checkpoint_dir is not None:
-                self.save_checkpoint()
+            self._interrupted(phase, before)
             raise
         finally:
-            bar.close()
-        if cfg.checkpoint_dir is not None and (
-            self.last_checkpoint is None
-            or not self.last_checkpoint.name.endswith(f"{self.step:09d}")
-        ):
+            self._bar.close()
+
+    def _step(self, batch: dict[str, Tensor], total: int) -> None:
+        """One step of every SAE on ``batch``, its log row and its checkpoint when due."""
+        cfg, lr = self.config, self._lr(self.step, total)
+        xs = self._finite(batch)
+        for run in self.runs:
+            x = xs[run.layer]
+            if x.shape[0] == 0:
+                continue
+            run.step(
+                x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype), lr, cfg.grad_clip
+            )
+        n = next(iter(batch.values())).shape[0]
+        self.step += 1
+        self.tokens += n
+        self._interval_tokens += n
+        self._bar.update(1)
+        if self.step % cfg.log_every == 0 or self.step == total:
+            self._log_interval(lr)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def _finite(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each trained layer's finite tokens; the others are counted (and warned about once)."""
+        out = {}
+        for layer in dict.fromkeys(r.layer for r in self.runs):
+            x = batch[layer]
+            finite = torch.isfinite(x).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                self.nonfinite[layer] += bad
+                x = x[finite]
+                self._warn_nonfinite(layer, bad)
+            out[layer] = x
+        return out
+
+    def _warn_nonfinite(self, layer: str, count: int) -> None:
+        if self._warned_nonfinite:
+            return
+        self._warned_nonfinite = True
+        warnings.warn(
+            f"{count} non-finite (NaN or Inf) tokens of layer {layer!r} in step {self.step + 1} "
+            "were skipped; later ones are skipped without a warning and counted in "
+            "TrainResult.nonfinite_tokens (and the metrics' nonfinite_tokens)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def _interrupted(self, phase: str, before: dict[str, Any] | None) -> None:
+        """After a KeyboardInterrupt: write the checkpoint of the last step boundary, unless the
+        interrupt cut a step (then the state is partly updated and nothing is written)."""
+        if phase == "step":
+            self._torn = True
+            last = self.last_checkpoint or "the start (no checkpoint was written yet)"
+            warnings.warn(
+                f"interrupted inside step {self.step + 1} while its SAEs were updating: no "
+                "checkpoint is written of that partly updated state; resume= continues from "
+                f"{last}",
+                ckpt.CheckpointWarning,
+                stacklevel=3,
+            )
+            return
+        if phase == "fetch" and before is not None:
+            self.source.load_state_dict(before)  # the batch being read is read again on resume
+        if self.config.checkpoint_dir is not None and self._saved_step != self.step:
+            self.save_checkpoint()
+
+    def _result(self) -> TrainResult:
         for run in self.runs:
             run.sae.eval()
+        skipped = self.skipped_images  # the stream warns about them itself
         return TrainResult(
             {r.name: r.sae for r in self.runs},
             self.metrics,
@@ -407,11 +508,22 @@ class Trainer:
             self.tokens,
             dict(self.nonfinite),
             self.last_checkpoint,
+            skipped,
         )
 
     def _lr(self, step: int, total: int) -> float:
         cfg = self.config
         return warmup_cosine(step, total, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.final_lr_fraction)
+
+    def _log_interval(self, lr: float) -> None:
+        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        tokens_per_s = self._interval_tokens / elapsed
+        self._log(lr, tokens_per_s)
+        if self.metrics:
+            self._bar.set_postfix(
+                tok_s=f"{tokens_per_s:,.0f}", fvu=f"{self.metrics[-1]['fvu']:.3f}"
+            )
+        self._interval_start, self._interval_tokens = time.perf_counter(), 0
 
     def _log(self, lr: float, tokens_per_s: float) -> None:
         for run in self.runs:
@@ -428,3 +540,29 @@ class Trainer:
             row["tokens_per_s"] = tokens_per_s
             row["nonfinite_tokens"] = self.nonfinite[run.layer]
             self.metrics.append(row)
+
+
+def _with_changes(sae: SAE, name: str, changes: list[tuple[str, Any, Any]]) -> SAE:
+    """``sae`` (restored from a checkpoint) rebuilt with the allowed changes of its config
+    (paths ``saes.<name>.config.<field>``), its weights kept."""
+    prefix = f"saes.{name}.config."
+    mine = {path[len(prefix) :]: new for path, _, new in changes if path.startswith(prefix)}
+    if not mine:
+        return sae
+    data = to_dict(sae.config)
+    for dotted, value in mine.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    try:
+        rebuilt = sae_from_config(data, sae.d_model).to(sae.b_pre.dtype)
+        rebuilt.load_state_dict(sae.state_dict())
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise ckpt.CheckpointError(
+            f"SAE {name!r} cannot take the changed {sorted(mine)} on resume: its checkpointed "
+            f"weights do not fit the new config ({err}); keep these fields or start a new run"
+        ) from err
+    rebuilt.normalization, rebuilt.provenance = sae.normalization, dict(sae.provenance)
+    return rebuilt
