@@ -410,3 +410,19 @@ def test_train_sae_passes_allow_changes_and_explains_a_batch_larger_than_the_dat
             max_steps=2,
             progress=False,
         )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fix"),
+    [
+        ("max_steps", 0, "max_steps must be positive or none"),
+        ("lr", 0.0, "lr must be positive"),
+        ("log_every", 0, "log_every must be positive"),
+    ],
+)
+def test_train_settings_that_cannot_run_are_refused(field, value, fix):
+    """Before: ``max_steps=0`` trained one step. Now the config refuses it, naming the field."""
+    from probe_sae.config import ConfigError
+
+    with pytest.raises(ConfigError, match=fix):
+        TrainConfig(**{field: value})
