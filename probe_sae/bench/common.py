@@ -66,9 +66,12 @@ def train_on_tokens(
     lr: float = 1e-3,
     seed: int = 0,
     normalization: str = "standardize",
+    progress: bool = True,
     **config: Any,
 ) -> dict[str, SAE]:
-    """Train several SAEs on the same in-memory tokens (same batch order); returns them by name."""
+    """Train several SAEs on the same in-memory tokens (same batch order); returns them by name.
+
+    ``progress`` shows the training bar (a benchmark that draws its own passes ``False``)."""
     source = TensorTokenSource(
         tokens, batch_size=min(batch_size, tokens.shape[0]), epochs=None, seed=seed
     )
@@ -77,7 +80,7 @@ def train_on_tokens(
         max_steps=steps,
         lr=lr,
         normalization=normalization,
-        progress=False,
+        progress=progress,
         init_tokens=min(tokens.shape[0], config.pop("init_tokens", 16384)),
         **config,
     )

@@ -112,6 +112,7 @@ def stability_study(
                 lr=lr,
                 seed=seed,
                 normalization="none",
+                progress=False,  # the study's own bar counts the runs
             )["s"]
             dicts.append(sae.dictionary.detach().clone())
             with torch.no_grad():
