@@ -35,12 +35,13 @@ class UsageError(Exception):
     """A mistake in the command line; printed as one line, exit status 2."""
 
 
-def load_model_or_exit(spec: str) -> VisionModel:
+def load_model_or_exit(spec: str, seed: int | None = None) -> VisionModel:
+    """``load_model(spec)`` (random weights drawn under ``seed``, default 0), or a UsageError."""
     from probe_sae import load_model
 
     try:
-        return load_model(spec)
-    except (ValueError, KeyError, OSError, ImportError, RuntimeError) as err:
+        return load_model(spec) if seed is None else load_model(spec, seed=seed)
+    except (ValueError, KeyError, OSError, ImportError, RuntimeError, TypeError) as err:
         raise UsageError(f"cannot load model {spec!r}: {_one_line(err)}") from None
 
 
@@ -74,14 +75,51 @@ def _load_saes(folders: list[str]) -> dict[str, SAE]:
 
 
 def _model_for(saes: dict[str, SAE], spec: str | None) -> VisionModel:
-    if spec is not None:
-        return load_model_or_exit(spec)
-    specs = {sae.provenance.get("model") for sae in saes.values()}
-    if None in specs or len(specs) != 1:
+    """The model the SAEs were trained on: ``spec`` or their provenance's, rebuilt with the seed
+    they record when its weights were random; warns on stderr when they are random."""
+    if spec is None:
+        specs = {sae.provenance.get("model") for sae in saes.values()}
+        if None in specs or len(specs) != 1:
+            raise UsageError(
+                "the SAE folders do not name one model they were trained on; pass --model SPEC"
+            )
+        spec = specs.pop()
+    seed = _recorded_seed(saes, spec)
+    model = load_model_or_exit(spec, seed)
+    if seed is not None and (not model.random_weights or model.seed != seed):
         raise UsageError(
-            "the SAE folders do not name one model they were trained on; pass --model SPEC"
+            f"the SAEs were trained on {spec} randomly initialised with seed {seed}, but "
+            f"{spec} now loads {'pretrained' if not model.random_weights else 'other'} weights "
+            f"that cannot be seeded; pass --model with a spec that rebuilds that network, or "
+            f"retrain the SAE on a model with saved weights ('family:name@/path/ckpt')"
         )
-    return load_model_or_exit(specs.pop())
+    if model.random_weights:
+        note = "" if seed is not None else (
+            " (the SAE records no seed: it was saved before seeds were recorded, so this is "
+            "probably not the network it was trained on; retrain it)"
+        )
+        print(
+            f"probe-sae: warning: scoring against a randomly initialised network rebuilt from "
+            f"seed {model.seed} ({spec}){note}",
+            file=sys.stderr,
+        )
+    return model
+
+
+def _recorded_seed(saes: dict[str, SAE], spec: str) -> int | None:
+    """The seed the SAEs trained on ``spec`` record for its random weights (``None`` if none)."""
+    seeds = {
+        sae.provenance.get("seed")
+        for sae in saes.values()
+        if sae.provenance.get("random_weights") and sae.provenance.get("model") == spec
+    }
+    seeds.discard(None)
+    if len(seeds) > 1:
+        raise UsageError(
+            f"the SAEs were trained on {spec} initialised with different seeds "
+            f"{sorted(seeds)}; evaluate the SAEs of each seed in a separate command"
+        )
+    return int(seeds.pop()) if seeds else None
 
 
 def _layer_for(model: VisionModel, sae: SAE, layer: str | None) -> str:
@@ -108,7 +146,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from probe_sae.run import train_run
+    from probe_sae.run import final_figures, train_run
 
     run = run_config_from_args(args)
     model = load_model_or_exit(run.model)
@@ -119,9 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {', '.join(folders)} on {model.name} {layer} over {run.images}:")
     print(f"{result.steps} steps, {result.tokens:,} tokens; run config: {Path(run.out) / RUN_CONFIG_NAME}")
     for name, folder in folders.items():
-        rows = [r for r in result.metrics if r["name"] == name]
-        last = f"FVU {rows[-1]['fvu']:.4f}, L0 {rows[-1]['l0']:.1f}" if rows else "no metrics"
-        print(f"  {name}: {last} -> {folder}")
+        print(f"  {name}: {final_figures(result, name)} -> {folder}")
     skipped = sum(result.nonfinite_tokens.values())
     if skipped:
         print(f"  {skipped:,} non-finite tokens skipped")
@@ -152,6 +188,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         run = RunConfig(args.model, args.layer, args.images, named_saes(args.sae or ["topk"]))
         if args.out is not None:
             run = replace(run, out=args.out)
+    if getattr(args, "cache", None) is not None:
+        run = replace(run, cache=args.cache)
     saes, stream, train = apply_fields(run.saes, run.stream, run.train, given)
     return replace(run, saes=saes, stream=stream, train=train)
 
@@ -216,7 +254,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from probe_sae.run import parse_images
 
     images = parse_images(args.images)
-    path = write_report(saes, images.source, args.out, model=model, training_logs=logs)
+    path = write_report(
+        saes, images.source, args.out, model=model, training_logs=logs, labels=images.labels
+    )
     print(f"report written to {Path(path).resolve()}")
     return 0
 
@@ -336,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD",
         help="with --resume: settings that may differ from the checkpoint's, e.g. max_steps to "
         "extend a run (others are refused, listing what differs)",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="run the model over the images once, caching the layer's activations in DIR "
+        "(float32), then train every epoch from the cache; a DIR holding the same capture is "
+        "reused",
     )
     settings = p.add_argument_group(
         "run settings",

@@ -228,7 +228,7 @@ def run_demo(
         seconds=0.0,
     )
     if report:
-        demo.report = _write_report(demo, model, test.images)
+        demo.report = _write_report(demo, model, test.images, test.presence)
     demo.seconds = time.perf_counter() - t0
     return demo
 
@@ -276,12 +276,13 @@ def format_results(result: DemoResult) -> str:
     )
 
 
-def _write_report(result: DemoResult, model: VisionModel, images: Tensor) -> Path:
+def _write_report(
+    result: DemoResult, model: VisionModel, images: Tensor, presence: Tensor
+) -> Path:
     from probe_sae.report import write_report
 
     summary = "<p>" + html.escape(format_results(result).split("\n\n")[0]) + "</p>"
     table = _html_table(result)
-    steering = "<p>" + html.escape(steering_text(result.steering)) + "</p>"
     return write_report(
         {r.name: r.folder for r in result.saes},
         images,
@@ -289,10 +290,10 @@ def _write_report(result: DemoResult, model: VisionModel, images: Tensor) -> Pat
         model=model,
         title="probe_sae demo: SAEs on the model organism",
         rank="max",  # object-specific concepts peak highest; "mass" favours broad background ones
-        extra_sections=[
-            ("Demo summary", summary + table),
-            ("Steering experiment", steering),
-        ],
+        labels=presence,
+        label_names=list(KIND_NAMES),
+        steering=result.steering,
+        extra_sections=[("Demo summary", summary + table)],
     )
 
 

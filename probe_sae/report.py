@@ -91,6 +91,9 @@ class _Head(ImageSource):
     def skipped(self) -> int:  # type: ignore[override]
         return self.source.skipped
 
+    def name(self, index: int) -> str:
+        return self.source.name(index)
+
 
 # ----------------------------------------------------------------------------- inputs
 def _is_sae_folder(path: Path) -> bool:
@@ -157,7 +160,8 @@ class _Models:
         if spec not in self.cache:
             from probe_sae.models import load_model
 
-            self.cache[spec] = load_model(spec)
+            seed = entry.sae.provenance.get("seed")
+            self.cache[spec] = load_model(spec, seed=0 if seed is None else int(seed))
         return self.cache[spec]
 
 
@@ -295,9 +299,13 @@ def write_report(
     max_images: int | None = 256,
     image_batch_size: int = 16,
     extra_sections: Sequence[tuple[str, SectionContent]] = (),
-    title: str = "probe_sae report",
+    title: str | None = None,
     dpi: int = 80,
     progress: bool = True,
+    labels: Any = None,
+    label_names: Sequence[str] | None = None,
+    steering: Any = None,
+    min_pixels: int = 160,
 ) -> Path:
     """Write a self-contained HTML report on ``saes`` over ``images`` to ``out_path``.
 
@@ -318,7 +326,18 @@ def write_report(
             ``"image_frequency"`` (see `probe_sae.plotting.TopImages.rank`).
         extra_sections: ``(title, content)`` pairs appended at the end; content is an HTML
             string (inserted as is: escape untrusted text), a ``Figure`` or a list of them.
+        title: the page title; default names the model, layer(s) and SAEs.
         dpi: resolution of the embedded figures (the page size grows with its square).
+        labels: (N, K) presence of K known objects in ``images`` (e.g. ``generate(n).presence``
+            or ``parse_images("synthetic:N").labels``); concepts are then named by the object
+            they detect best (ROC AUC of the image's max code, shown when ≥ 0.8) and a table
+            gives each object's best concept.
+        label_names: the K objects' names (default ``probe_sae.organism.KIND_NAMES`` when K
+            matches it, else ``label 0``, ...).
+        steering: a steering experiment to plot as a dose-response (`probe_sae.demo`'s
+            ``DemoSteering``, or a dict with ``multiples``, ``p_kind``, optional
+            ``off_target``, ``kind``, ``concept``, ``n_images``).
+        min_pixels: images smaller than this are upsampled (nearest neighbour) in the figures.
 
     Returns:
         The path written (atomically: a failure leaves an older report in place).
@@ -330,15 +349,15 @@ def write_report(
 
     from probe_sae.metrics import evaluate
     from probe_sae.plotting import (
+        concept_tiles,
         draw_atlas,
         draw_top_images,
         plot_fvu_l0,
-        plot_training_curves,
         top_activating_images,
     )
-    from probe_sae.plotting.top_images import ConceptTiles, concept_tiles
 
     entries = _entries(saes)
+    truth = _Truth.make(labels, label_names)
     if not entries:
         raise ValueError("no SAE to report on: give a dict name -> SAE or SAE folders.")
     for section_title, _ in extra_sections:
@@ -380,47 +399,43 @@ def write_report(
             "</div></div>",
         ]
         log = (training_logs or {}).get(entry.name, entry.metrics_log)
-        if log:
-            curves = _img(plot_training_curves(log), f"training curves of {entry.name}", dpi)
-        else:
-            curves = f'<p class="note">No {TRAINING_LOG} next to this SAE.</p>'
+        curves = _curves(log, entry.name, dpi)
         top = top_activating_images(
-            vm, where, sae, source, n=n_images, batch_size=image_batch_size, progress=progress
-        )
+            vm, where, sae, source, n=n_images, batch_size=image_batch_size, progress=progress,
+            keep_scores=truth is not None,
+        )  # fmt: skip
         chosen = top.rank(rank, max(n_concepts, atlas_concepts))
         tiles = concept_tiles(
             vm, where, sae, source, top, chosen, n=n_images, batch_size=image_batch_size
         )
-        head = ConceptTiles(
-            *(getattr(tiles, f)[:n_concepts] for f in ConceptTiles.__dataclass_fields__)
-        )
-        parts += [
-            "<h3>Top concepts</h3>",
-            f'<p class="note">{len(head.concepts)} concepts ranked by <b>{html.escape(rank)}</b> '
-            f"({_RANK_NOTE.get(rank, '')}) over {top.n_images} images; each row shows a "
-            f"concept's {n_images} images with the highest maximum patch activation (title: "
-            f"image number · that activation), the concept's codes over the patch grid drawn "
-            f"over the image (brighter = stronger).</p>",
-            _img(draw_top_images(head), f"top images of {entry.name}", dpi)
-            if head.concepts
-            else "<p>No concept fired.</p>",
-        ]
+        if truth is not None:
+            tiles.labels = truth.name_concepts(top, tiles.concepts)
+            parts.append(truth.table(top))
+        parts += _top_concepts(tiles.head(n_concepts), entry.name, rank, top.n_images, n_images)
+        draw = {"min_pixels": min_pixels, "contour": True, "alpha": 0.55}
+        if tiles.concepts:
+            grid = draw_top_images(tiles.head(n_concepts), tile=_tile(dpi, min_pixels), **draw)
+            parts.append(_img(grid, f"top images of {entry.name}", dpi))
         if atlas_concepts > 0 and tiles.concepts:
-            atlas = ConceptTiles(
-                *(getattr(tiles, f)[:atlas_concepts] for f in ConceptTiles.__dataclass_fields__)
-            )
+            atlas = tiles.head(atlas_concepts)
             parts += [
                 "<h3>Concept atlas</h3>",
                 f'<p class="note">The {len(atlas.concepts)} best concepts by {html.escape(rank)}, '
                 f"each over its best image.</p>",
-                _img(draw_atlas(atlas), f"concept atlas of {entry.name}", dpi),
-            ]
+                _img(draw_atlas(atlas, tile=_tile(dpi, min_pixels), **draw),
+                     f"concept atlas of {entry.name}", dpi),
+            ]  # fmt: skip
         parts += ["<h3>Training curves</h3>", curves, "</section>"]
         blocks.append("".join(parts))
     summary = _summary(entries, evaluated)
     if len(entries) > 1:
         front = plot_fvu_l0({e.name: evaluated[e.name] for e in entries})
         summary += "<h3>FVU against L0</h3>" + _img(front, "FVU against L0", dpi)
+    sections = list(extra_sections)
+    if steering is not None:
+        sections.insert(0, ("Steering", _steering(steering, dpi)))
+    extra_sections = sections
+    title = title or _title(entries)
     extras = [
         f'<section class="extra" id="extra-{_slug(t)}"><h2>{html.escape(t)}</h2>{_content(c, t, dpi)}</section>'
         for t, c in extra_sections
@@ -471,3 +486,163 @@ def _summary(entries: list[_Entry], evaluated: Mapping[str, Any]) -> str:
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+# ----------------------------------------------------------------------------- sections
+def _tile(dpi: int, min_pixels: int) -> float:
+    """Tile size in inches so that a tile spans about ``min_pixels`` pixels at ``dpi``."""
+    return max(1.3, min_pixels / dpi)
+
+
+def _top_concepts(tiles: Any, name: str, rank: str, seen: int, n_images: int) -> list[str]:
+    """The heading, note and per-concept list (image names, scores) of the top concepts."""
+    note = (
+        f'<p class="note">{len(tiles.concepts)} concepts ranked by <b>{html.escape(rank)}</b> '
+        f"({_RANK_NOTE.get(rank, '')}) over {seen} images; each row shows a concept's "
+        f"{n_images} images with the highest maximum patch activation (title: image name · "
+        f"that activation), the concept's codes over the patch grid drawn over the image "
+        f"(brighter = stronger, outlined above half of the row's scale).</p>"
+    )
+    if not tiles.concepts:
+        return ["<h3>Top concepts</h3>", note, "<p>No concept fired.</p>"]
+    items = []
+    for r in range(len(tiles.concepts)):
+        shown = ", ".join(
+            html.escape(tiles.caption(r, j)) for j in range(len(tiles.image_index[r]))
+        )
+        items.append(f"<li><b>{html.escape(tiles.concept_label(r))}</b> — {shown}</li>")
+    listing = f'<ul class="concepts" id="concepts-{_slug(name)}">{"".join(items)}</ul>'
+    return ["<h3>Top concepts</h3>", note, listing]
+
+
+def _curves(log: Any, name: str, dpi: int) -> str:
+    """Training curves of the quantities that change; constant ones said in words."""
+    from probe_sae.plotting import curve_series, plot_training_curves
+
+    if not log:
+        return f'<p class="note">No {TRAINING_LOG} next to this SAE.</p>'
+    varying, constant = curve_series(log)
+    words = "; ".join(
+        f"{key} = {_fmt(v)}" + (f" ({run})" if len(runs) > 1 else "")
+        for key, runs in constant.items()
+        for run, v in runs.items()
+    )
+    parts = []
+    if varying:
+        parts.append(_img(plot_training_curves(log), f"training curves of {name}", dpi))
+    if words:
+        parts.append(f'<p class="note constant">Constant during training (not drawn): '
+                     f"{html.escape(words)}.</p>")  # fmt: skip
+    return "".join(parts)
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    return obj.get(key, default) if isinstance(obj, Mapping) else getattr(obj, key, default)
+
+
+def _steering(steering: Any, dpi: int) -> str:
+    """A steering experiment as a dose-response plot and a sentence."""
+    from probe_sae.plotting import plot_steering
+
+    multiples, p_kind = list(_get(steering, "multiples", [])), list(_get(steering, "p_kind", []))
+    off, kind = _get(steering, "off_target"), str(_get(steering, "kind", "target"))
+    concept, n = _get(steering, "concept"), _get(steering, "n_images")
+    fig = plot_steering(
+        multiples, p_kind, None if off is None else list(off), target_label=f"P({kind})",
+        title=f"adding concept {concept} to images without a {kind}",
+    )  # fmt: skip
+    steps = ", ".join(f"{m:g}× → {p:.3f}" for m, p in zip(multiples, p_kind, strict=True))
+    text = (
+        f"Concept {concept} added to every token of {n if n is not None else 'the'} images "
+        f"without a {kind}: P({kind}) {steps}."
+    )
+    return f'<p id="steering-note">{html.escape(text)}</p>' + _img(fig, "steering", dpi)
+
+
+def _title(entries: list[_Entry]) -> str:
+    """``"topk (32 concepts), mp (32 concepts) on organism · blocks.2"``."""
+    saes = ", ".join(f"{e.name} ({e.info.get('n_concepts')} concepts)" for e in entries)
+    models = ", ".join(dict.fromkeys(str(e.info.get("model")) for e in entries))
+    layers = ", ".join(dict.fromkeys(str(e.info.get("layer")) for e in entries))
+    return f"SAEs {saes} on {models} · {layers}"
+
+
+def _auc_columns(scores_NC: Any, labels_N: Any) -> Any:
+    """(C,) ROC AUC of each column of ``scores`` for binary ``labels`` (ties count 1/2)."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    pos = np.asarray(labels_N).astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(scores_NC.shape[1], np.nan)
+    ranks = rankdata(np.asarray(scores_NC, dtype=np.float64), axis=0)
+    return (ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass
+class _Truth:
+    """Known objects in the report's images: concepts named by the object they detect."""
+
+    labels: Any  # (N, K) numpy bool
+    names: list[str]
+    min_auc: float = 0.8
+
+    @classmethod
+    def make(cls, labels: Any, names: Sequence[str] | None) -> _Truth | None:
+        if labels is None:
+            return None
+        import numpy as np
+
+        arr = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels) > 0.5
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if names is None:
+            from probe_sae.organism import KIND_NAMES
+
+            names = KIND_NAMES if len(KIND_NAMES) == arr.shape[1] else None
+        names = list(names or (f"label {j}" for j in range(arr.shape[1])))
+        if len(names) != arr.shape[1]:
+            raise ValueError(f"{len(names)} label_names for {arr.shape[1]} label columns.")
+        return cls(arr, names)
+
+    def aucs(self, top: Any) -> Any:
+        """(K, C) AUC of each scored concept for each object, on the images the report saw."""
+        import numpy as np
+
+        scores = top.image_scores.numpy()
+        labels = self.labels[: scores.shape[0]]
+        if labels.shape[0] != scores.shape[0]:
+            raise ValueError(f"labels cover {labels.shape[0]} images, the report read "
+                             f"{scores.shape[0]}: give one label row per image.")  # fmt: skip
+        return np.stack([_auc_columns(scores, labels[:, j]) for j in range(labels.shape[1])])
+
+    def name_concepts(self, top: Any, concepts: Sequence[int]) -> list[str]:
+        """Per concept, the object it detects best (``"red_disc (AUC 0.97)"``) or ``""``."""
+        import numpy as np
+
+        auc = np.nan_to_num(self.aucs(top), nan=0.0)
+        out = []
+        for c in concepts:
+            col = auc[:, top.row(c)]
+            j = int(col.argmax())
+            out.append(f"{self.names[j]} (AUC {col[j]:.2f})" if col[j] >= self.min_auc else "")
+        return out
+
+    def table(self, top: Any) -> str:
+        """Each object, the concept that detects it best and that AUC."""
+        import numpy as np
+
+        auc = self.aucs(top)
+        rows = []
+        for j, name in enumerate(self.names):
+            if np.isnan(auc[j]).all():
+                rows.append((name, "n/a (present in all or none of the images)"))
+                continue
+            best = int(np.nanargmax(auc[j]))
+            rows.append((name, f"concept {int(top.concepts[best])} (AUC {auc[j, best]:.3f})"))
+        return (
+            "<h3>Ground truth</h3><p class=\"note\">Each known object and the concept whose "
+            "per-image maximum code detects it best (ROC AUC over the report's images).</p>"
+            + _table(rows).replace("<table>", '<table class="truth">', 1)
+        )

@@ -20,10 +20,22 @@ from torch import Tensor
 
 from probe_sae._atomic import atomic_write
 from probe_sae.config import ConfigError, from_dict, to_dict
-from probe_sae.constants import RUN_CONFIG_NAME, RUN_FORMAT, RUN_FORMAT_VERSION, __version__
+from probe_sae.constants import (
+    CACHE_MANIFEST_NAME,
+    RUN_CONFIG_NAME,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    __version__,
+)
 from probe_sae.models import VisionModel, load_model
 from probe_sae.saes import SAEConfig
-from probe_sae.stream import ActivationStream, StreamConfig
+from probe_sae.stream import (
+    ActivationStream,
+    CachedTokens,
+    StreamConfig,
+    read_manifest,
+    write_cache,
+)
 from probe_sae.train import TrainConfig, TrainResult
 from probe_sae.train.api import train_from_source
 
@@ -49,6 +61,8 @@ class RunConfig:
     """Optimisation, logging and checkpoints."""
     out: str = "probe_sae_out/train"
     """Output folder: run.json, one folder per SAE, and checkpoints/."""
+    cache: str | None = None
+    """Capture the layer once (one epoch, float32) into this folder, then train every epoch from it."""
 
     def __post_init__(self) -> None:
         if not self.saes:
@@ -150,6 +164,7 @@ def train_run(
     ``checkpoint_dir`` is not. ``model`` skips loading ``run.model`` when it is already loaded.
     ``resume`` continues a checkpoint folder; ``allow_changes`` names the settings that may
     differ from the checkpoint's (``"max_steps"`` to extend a run; see ``Trainer.run``).
+    With ``run.cache`` the model runs over the images once (see :func:`cached_source`).
     """
     model = model if model is not None else load_model(run.model)
     layer = resolve_layer(model, run.layer)
@@ -159,8 +174,80 @@ def train_run(
     train = run.train
     if train.checkpoint_every and train.checkpoint_dir is None:
         train = replace(train, checkpoint_dir=str(out / CHECKPOINTS))
-    source = ActivationStream(model, images.source, layer, run.stream)
+    source: ActivationStream | CachedRunTokens
+    if run.cache is None:
+        source = ActivationStream(model, images.source, layer, run.stream)
+    else:
+        source = cached_source(run, model, layer, images)
     result = train_from_source(
         dict(run.saes), source, train, resume=resume, allow_changes=allow_changes
     )
     return result, result.save(out)
+
+
+def final_figures(result: TrainResult, name: str) -> str:
+    """The end-of-training summary of SAE ``name`` with its window (evaluate's figures on the
+    run's last tokens), or the last logged interval's when there is no summary."""
+    report = result.summary.get(name)
+    if report is not None:
+        return (
+            f"FVU {report.fvu:.4f}, L0 {report.l0:.1f}, dead {100 * report.dead_fraction:.1f} % "
+            f"on the last {report.n_tokens:,} tokens"
+        )
+    rows = [r for r in result.metrics if r["name"] == name]
+    if not rows:
+        return "no metrics"
+    return f"FVU {rows[-1]['fvu']:.4f}, L0 {rows[-1]['l0']:.1f} over the last logged interval"
+
+
+class CachedRunTokens(CachedTokens):
+    """:class:`~probe_sae.stream.CachedTokens` that also gives the captured layer's
+    ``describe`` (model spec, seed, layer, tokens), so SAEs trained from the cache record the
+    same provenance as ones trained live (``probe-sae eval`` finds their model)."""
+
+    def __init__(self, folder: str | Path, provenance: dict[str, Any], **options: Any) -> None:
+        super().__init__(folder, **options)
+        self.provenance = provenance
+
+    def describe(self, key: str) -> dict[str, Any]:
+        return {**self.provenance, "cache": str(self.folder)}
+
+
+def cached_source(
+    run: RunConfig, model: VisionModel, layer: str, images: ImageSet
+) -> CachedRunTokens:
+    """The run's tokens from its cache folder: captured first (one pass of ``run.stream`` over
+    the images, through :func:`~probe_sae.stream.write_cache`, float32) unless the folder
+    already holds the cache of the same model, layer, tokens and images; then read
+    ``run.stream.epochs`` times, shuffled with ``run.stream.seed``."""
+    stream = ActivationStream(model, images.source, layer, replace(run.stream, epochs=1))
+    key = stream.layer_keys[0]
+    wanted = json.loads(json.dumps({"images": run.images, "provenance": stream.describe(key)}))
+    folder = Path(run.cache or "")
+    try:
+        if (folder / CACHE_MANIFEST_NAME).exists():
+            _check_cache(folder, wanted)
+        else:
+            write_cache(
+                stream, folder, dtype="float32", metadata=wanted, progress=run.train.progress
+            )
+    finally:
+        stream.close()
+    return CachedRunTokens(
+        folder,
+        wanted["provenance"],
+        batch_size=run.stream.batch_size,
+        epochs=run.stream.epochs,
+        seed=run.stream.seed,
+    )
+
+
+def _check_cache(folder: Path, wanted: dict[str, Any]) -> None:
+    """Refuse a cache folder captured from other images, model, layer or tokens."""
+    manifest = read_manifest(folder)
+    held = {name: manifest.get(name) for name in wanted}
+    if held != wanted:
+        raise ConfigError(
+            f"the cache {folder} holds {held}, this run wants {wanted}: pass another --cache "
+            "folder (or delete this one to capture again)"
+        )

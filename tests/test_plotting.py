@@ -17,18 +17,26 @@ from probe_sae import load_model, train_sae
 from probe_sae.interventions import concept_maps
 from probe_sae.organism.world import FAMILIES, generate
 from probe_sae.plotting import (
+    ConceptTiles,
+    curve_series,
     display_image,
+    draw_top_images,
+    new_figure,
     plot_activation_histograms,
     plot_concept_atlas,
     plot_concept_heatmaps,
     plot_fvu_l0,
     plot_maps,
     plot_similarity,
+    plot_steering,
     plot_top_images,
     plot_training_curves,
+    plotted_series,
     similarity_matrix,
     top_activating_images,
 )
+from probe_sae.plotting._display import overlay, upscale
+from probe_sae.plotting.curves import padded_limits
 
 LAYER = "blocks.2"
 
@@ -125,7 +133,7 @@ def test_top_images_are_the_true_top_by_brute_force(world):
     for r, c in enumerate(ranked):
         titles = [ax.get_title() for ax in axes[r]]
         assert titles == [
-            f"#{int(i)} · {float(v):.2g}"
+            f"image {int(i)} · {float(v):.2g}"
             for i, v in zip(top.indices[c], top.values[c], strict=True)
         ]
         # the heat drawn over top image j is that concept's map over that image
@@ -165,7 +173,10 @@ def test_training_curves_plot_the_logged_values(world, tmp_path):
     rows = result.metrics
     fig = plot_training_curves(rows, ["fvu", "l0", "dead_fraction", "not_logged"])
     by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
-    assert sorted(by_title) == ["dead_fraction", "fvu", "l0"]
+    _, constant = curve_series(rows, ["fvu", "l0", "dead_fraction"])
+    assert "l0" in constant and "l0" not in by_title  # TopK's L0 never changes: not drawn
+    assert sorted(set(by_title) | set(constant)) == ["dead_fraction", "fvu", "l0"]
+    assert fig.constant == constant
     for key, ax in by_title.items():
         (line,) = ax.get_lines()
         assert line.get_label() == "topk"
@@ -178,6 +189,80 @@ def test_training_curves_plot_the_logged_values(world, tmp_path):
         plot_training_curves(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="none of"):
         plot_training_curves(rows, ["nope"])
+
+
+def test_curves_draw_markers_for_few_points_and_skip_constant_series():
+    rows = [{"name": "a", "tokens": 10, "fvu": 0.5, "l0": 16.0, "lr": 1e-3},
+            {"name": "a", "tokens": 20, "fvu": 0.3, "l0": 16.0, "lr": 1e-3},
+            {"name": "b", "tokens": 10, "fvu": 0.4, "l0": 15.97, "lr": 1e-3},
+            {"name": "b", "tokens": 20, "fvu": 0.35, "l0": 16.0, "lr": 1e-3}]  # fmt: skip
+    fig = plot_training_curves(rows)
+    drawn = plotted_series(fig)
+    assert set(drawn) == {"fvu", "l0"} and set(drawn["l0"]) == {"b"}  # a's L0 is constant
+    assert drawn["fvu"]["a"] == ([10.0, 20.0], [0.5, 0.3])
+    assert fig.constant == {"l0": {"a": 16.0}, "lr": {"a": 1e-3, "b": 1e-3}}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            assert line.get_linestyle() == "None" and line.get_marker() == "o"  # 2 points
+    l0_axes = next(ax for ax in fig.axes if ax.get_title() == "l0")
+    lo, hi = l0_axes.get_ylim()
+    assert hi - lo >= 1.5  # 15.97 .. 16.00 is not stretched over the axes
+    many = [{"name": "a", "tokens": t, "fvu": 1 / (t + 1)} for t in range(10)]
+    (line,) = plot_training_curves(many, ["fvu"]).axes[0].get_lines()
+    assert line.get_linestyle() == "-"
+    flat = plot_training_curves([{"tokens": 1, "l0": 4.0}, {"tokens": 2, "l0": 4.0}], ["l0"])
+    assert plotted_series(flat) == {} and "no logged quantity changes" in flat.axes[0].texts[0].get_text()
+
+
+def test_padded_limits_only_for_nearly_constant_values():
+    assert padded_limits([15.97, 16.0]) == pytest.approx((15.18575, 16.78425))
+    assert padded_limits([0.0, 0.0]) == pytest.approx((-0.05, 0.05))
+    assert padded_limits([1.0, 2.0]) is None and padded_limits([]) is None
+
+
+def test_fvu_l0_front_pads_a_nearly_constant_l0():
+    fig = plot_fvu_l0({"a": {"fvu": 0.2, "l0": 15.97, "family": "topk"},
+                       "b": {"fvu": 0.25, "l0": 16.0, "family": "mp"}})  # fmt: skip
+    lo, hi = fig.axes[0].get_xlim()
+    assert hi - lo >= 1.5
+
+
+def test_steering_dose_response():
+    fig = plot_steering([0, 1, 2], [0.1, 0.5, 0.8], [0.0, 0.01, 0.02], target_label="P(x)")
+    drawn = plotted_series(fig)[""]
+    assert drawn["P(x)"] == ([0.0, 1.0, 2.0], [0.1, 0.5, 0.8])
+    assert len(drawn) == 2
+    with pytest.raises(ValueError, match="one target value per strength"):
+        plot_steering([0, 1], [0.1])
+
+
+def test_small_images_are_upsampled_with_a_contour():
+    image = np.random.default_rng(0).random((32, 32, 3))
+    heat = np.zeros((32, 32))
+    heat[8:16, 8:16] = 1.0
+    big, big_heat = upscale(image, heat, 160)
+    assert big.shape == (160, 160, 3) and big_heat.shape == (160, 160)
+    np.testing.assert_array_equal(big[::5, ::5], image)  # nearest neighbour: pixels kept
+    fig = new_figure(2, 2)
+    ax = fig.add_subplot()
+    overlay(ax, image, heat, min_pixels=160, contour=True, alpha=0.5)
+    assert ax.images[-1].get_array().shape == (160, 160) and ax.images[-1].get_label() == "heatmap"
+    assert ax.collections  # the contour
+    assert upscale(image, heat, 16)[0] is image
+
+
+def test_tiles_name_images_and_concepts():
+    img = np.zeros((8, 8, 3))
+    tiles = ConceptTiles([3, 7], [[img], [img]], [[img[..., 0]], [img[..., 0]]], [[1.5], [0.25]],
+                         [[4], [9]], [["/data/cat.png"], ["image 9"]], ["red_disc (AUC 0.97)", ""])  # fmt: skip
+    assert tiles.caption(0, 0) == "cat.png · 1.5" and tiles.caption(1, 0) == "image 9 · 0.25"
+    assert tiles.concept_label(0) == "concept 3: red_disc (AUC 0.97)"
+    assert tiles.concept_label(1, prefix="c") == "c7"
+    assert tiles.head(1).concepts == [3] and tiles.head(1).labels == ["red_disc (AUC 0.97)"]
+    bare = ConceptTiles([3], [[img]], [[img[..., 0]]], [[1.0]], [[4]])
+    assert bare.caption(0, 0) == "#4 · 1" and bare.concept_label(0) == "concept 3"
+    fig = draw_top_images(tiles, min_pixels=64)
+    assert fig.axes[0].get_title() == "cat.png · 1.5"
 
 
 def test_fvu_l0_front_places_each_sae():

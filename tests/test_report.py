@@ -199,3 +199,143 @@ def test_report_renders_with_heatmaps_in_headless_chromium(report, tmp_path):
     colours = len(np.unique(rgb.reshape(-1, 3)[::7], axis=0))
     saturation = rgb.max(axis=2) - rgb.min(axis=2)
     assert colours > 500 and (saturation > 100).mean() > 0.01
+
+
+# ----------------------------------------------------------------------------- issue 20, item 5
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+
+
+def _dump_dom(path: Path) -> str:
+    """The page as headless Chromium parses and lays it out."""
+    profile = tempfile.mkdtemp()
+    try:
+        done = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", path.resolve().as_uri()],
+            capture_output=True, timeout=120, check=False, text=True,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert "<body" in done.stdout, done.stderr[-2000:]
+    return done.stdout
+
+
+def _text_of(dom: str) -> str:
+    """Visible text of a DOM dump (tags dropped, entities kept as Chromium wrote them)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+@pytest.fixture(scope="module")
+def photo_report(trained, tmp_path_factory):
+    """A report over a folder of small scikit-image photos."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        pixels = getattr(skdata, name)()
+        Image.fromarray(pixels).convert("RGB").resize((48, 48)).save(folder / f"{name}.png")
+    model, _result, folders = trained
+    out = tmp_path_factory.mktemp("photo_report") / "report.html"
+    write_report({"topk": folders["topk"]}, str(folder), out, model=model, n_concepts=3,
+                 n_images=3, atlas_concepts=4, progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def organism_report(trained, tmp_path_factory):
+    """A report over labelled synthetic collages, with a steering experiment."""
+    model, _result, folders = trained
+    world = generate(96, seed=3)
+    out = tmp_path_factory.mktemp("organism_report") / "report.html"
+    steering = {"kind": "red_disc", "concept": 5, "multiples": [0, 1, 2, 4],
+                "p_kind": [0.1, 0.3, 0.6, 0.9], "off_target": [0.0, 0.01, 0.02, 0.05],
+                "n_images": 40}  # fmt: skip
+    write_report({"topk": folders["topk"]}, world.images, out, model=model, n_concepts=4,
+                 n_images=3, atlas_concepts=8, rank="max", labels=world.presence,
+                 steering=steering, progress=False)  # fmt: skip
+    return out, world
+
+
+def test_photo_report_names_images_by_file_name_in_chromium(photo_report):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium to run this check)")
+    text = _text_of(_dump_dom(photo_report))
+    shown = [name for name in PHOTOS if f"{name}.png" in text]
+    assert len(shown) >= 3, text[:2000]
+    assert not re.search(r"#\d+ ·", text)  # no image is labelled by its position
+    assert "SAEs topk (32 concepts) on organism · blocks.2" in text  # the title names it all
+
+
+def test_photo_report_figures_upsample_small_images(photo_report):
+    from PIL import Image
+
+    page = _Page()
+    page.feed(photo_report.read_text(encoding="utf-8"))
+    top = next(img for img in page.images if img["alt"] == "top images of topk")
+    data = base64.b64decode(top["src"].partition(",")[2])
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.width >= 3 * 160  # three tiles of at least 160 px
+
+
+def test_organism_report_names_concepts_by_ground_truth_in_chromium(organism_report):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium to run this check)")
+    from probe_sae.organism import KIND_NAMES
+
+    path, _world = organism_report
+    dom = _dump_dom(path)
+    text = _text_of(dom)
+    assert "Ground truth" in text
+    truth = dom[dom.index('class="truth"') :]
+    truth = truth[: truth.index("</table>")]
+    assert sum(name in truth for name in KIND_NAMES) == len(KIND_NAMES)
+    listing = dom[dom.index('id="concepts-topk"') :]
+    listing = _text_of(listing[: listing.index("</ul>")])
+    named = re.findall(r"concept \d+: (\w+) \(AUC (0\.\d+|1\.00)\)", listing)
+    assert named and all(kind in KIND_NAMES and float(auc) >= 0.8 for kind, auc in named)
+    assert "P(red_disc) 0× → 0.100" in text  # the steering section says it in words ...
+    assert "steering" in [img.get("alt") for img in _images(dom)]  # ... and plots it
+
+
+def _images(dom: str) -> list[dict[str, str]]:
+    page = _Page()
+    page.feed(dom)
+    return page.images
+
+
+def test_ground_truth_names_match_the_best_detecting_concept(trained, organism_report):
+    """The concept a report names after an object detects it best (demo's AUC agrees)."""
+    from probe_sae.demo import auc_per_column, image_codes
+
+    model, result, _ = trained
+    path, world = organism_report
+    text = path.read_text(encoding="utf-8")
+    truth = text[text.index('class="truth"') :]
+    first = re.search(r"<th>(\w+)</th><td>concept (\d+) \(AUC ([0-9.]+)\)</td>", truth)
+    assert first is not None
+    kind, concept, auc = first.group(1), int(first.group(2)), float(first.group(3))
+    from probe_sae.organism import KIND_NAMES
+
+    codes = image_codes(model, "blocks.2", result.saes["topk"], world.images)
+    want = auc_per_column(codes, world.presence[:, KIND_NAMES.index(kind)])
+    assert float(want.max()) == pytest.approx(auc, abs=2e-3)
+    assert float(want[concept]) == pytest.approx(auc, abs=2e-3)
+
+
+def test_report_draws_no_constant_curve(trained):
+    """TopK's L0 is constant while training: the report says so instead of drawing it."""
+    from probe_sae.plotting import curve_series, plot_training_curves, plotted_series
+    from probe_sae.report import _curves
+
+    _model, result, _ = trained
+    rows = [r for r in result.metrics if r.get("name") == "topk"]
+    drawn = plotted_series(plot_training_curves(rows))
+    assert "l0" not in drawn and "fvu" in drawn
+    for runs in drawn.values():
+        for _xs, ys in runs.values():
+            assert max(ys) - min(ys) > 1e-6 * max(abs(v) for v in ys)
+    _varying, constant = curve_series(rows)
+    assert constant["l0"] == {"topk": 4.0}
+    assert "Constant during training (not drawn): l0 = 4" in _curves(rows, "topk", 40)

@@ -116,6 +116,15 @@ def _batches(
         yield batch[key], batch.get("token_index")
 
 
+def _geometry(atoms: Tensor) -> dict[str, float]:
+    """The dictionary's coherence, stable rank and effective rank (A-SAE paper, App. C)."""
+    return {
+        "coherence": coherence(atoms),
+        "stable_rank": stable_rank(atoms),
+        "effective_rank": effective_rank(atoms),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     sae: SAE,
@@ -127,6 +136,7 @@ def evaluate(
     max_tokens: int | None = None,
     dense_threshold: float = 1e-2,
     progress: bool = False,
+    geometry: bool = True,
 ) -> EvalReport:
     """Evaluate ``sae`` on ``data``: an (N, d) tensor of raw activations, or a token source.
 
@@ -135,6 +145,8 @@ def evaluate(
         layout: a ``TokenLayout`` (``model.layout``); with a stream built with
             ``provenance=True`` it splits L0 into CLS / register / patch tokens.
         max_tokens: stop after this many tokens.
+        geometry: add the dictionary's coherence and ranks (its n_concepts² Gram matrix);
+            ``False`` leaves ``geometry`` empty (the end-of-training summary does).
     """
     was_training = sae.training
     sae.eval()
@@ -194,10 +206,6 @@ def evaluate(
         dense_fraction=float((freq > dense_threshold).double().mean()),
         dense_threshold=dense_threshold,
         nonfinite_tokens=nonfinite,
-        geometry={
-            "coherence": coherence(atoms),
-            "stable_rank": stable_rank(atoms),
-            "effective_rank": effective_rank(atoms),
-        },
+        geometry=_geometry(atoms) if geometry else {},
         firing_frequency=freq.tolist(),
     )

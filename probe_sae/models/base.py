@@ -115,6 +115,10 @@ class VisionModel:
         self.name = name
         #: the ``load_model`` spec that rebuilds this model (``None`` for ``wrap``-ped modules)
         self.spec: str | None = None
+        #: whether the weights are a random initialisation (no pretrained tag or checkpoint)
+        self.random_weights = False
+        #: the torch seed the random initialisation was drawn under (``None`` for loaded weights)
+        self.seed: int | None = None
         self.input_spec = input_spec
         self.layout = layout
         self.text = text

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .base import VisionModel
 from .images import InputSpec, measured_size
 from .layout import TokenLayout
+from .offline import OfflineError, hub_cache_dir, hub_cached, unreachable
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -164,11 +165,32 @@ def _layout(family: Family, vision_config: PretrainedConfig, size: tuple[int, in
     )
 
 
+def _ensure_reachable(source: str) -> None:
+    """Raise `OfflineError` when hub repo ``source`` is not cached and cannot be downloaded."""
+    if Path(source).exists():
+        return
+    try:
+        if hub_cached(source, ("config.json",)):
+            return
+    except ValueError:  # not a valid repo id: AutoConfig says what is wrong
+        return
+    from huggingface_hub import constants
+
+    reason = unreachable(constants.ENDPOINT)
+    if reason is not None:
+        raise OfflineError(
+            f"hf:{source} is not in the local cache {hub_cache_dir()}, and {reason}. On a machine "
+            f"with internet run `hf download {source}` and copy the cache here, or give a "
+            f"directory written by save_pretrained as 'hf:/path/to/dir'."
+        )
+
+
 def load_hf(source: str, device: torch.device | str, **kwargs: Any) -> VisionModel:
     """A transformers vision model from a hub repo id or a ``save_pretrained`` directory."""
     import transformers
     from transformers import AutoConfig
 
+    _ensure_reachable(source)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:

@@ -22,6 +22,8 @@ from .base import VisionModel
 from .images import InputSpec, measured_size, per_image
 from .layers import find_blocks
 from .layout import TokenLayout
+from .offline import ensure_open_clip_tag
+from .seeding import DEFAULT_SEED, mark_weights, seeded
 from .timm import input_spec_for, vit_layout
 
 SCHEMAS = ("hf-hub:", "local-dir:")
@@ -97,9 +99,12 @@ def load_open_clip(
     tag: str | None,
     path: str | None,
     device: torch.device | str,
+    *,
+    seed: int = DEFAULT_SEED,
     **kwargs: Any,
 ) -> VisionModel:
-    """An open_clip model: random weights, a pretrained ``tag``, or a local checkpoint ``path``."""
+    """An open_clip model: random weights (drawn under torch seed ``seed``, so every process
+    builds the same network), a pretrained ``tag``, or a local checkpoint ``path``."""
     import open_clip
 
     if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
@@ -123,8 +128,12 @@ def load_open_clip(
                 f"open_clip has no pretrained tag {tag!r} for {name}; its tags are: {', '.join(tags)}."
             )
         pretrained = tag
+        ensure_open_clip_tag(name, tag, kwargs.get("cache_dir"))
     try:
-        model, _, transform = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
+        with seeded(seed):
+            model, _, transform = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, **kwargs
+            )
     except RuntimeError as error:
         if tag is None:
             raise
@@ -142,7 +151,7 @@ def load_open_clip(
     else:
         spec = input_spec_for(patch_module, size)
     label = name + (f"/{tag}" if tag else "") + (f"@{path}" if path else "")
-    return VisionModel(
+    vision = VisionModel(
         model,
         name=f"open_clip:{label}",
         forward=_encode_image,
@@ -154,3 +163,5 @@ def load_open_clip(
         text=OpenClipText(model, name) if hasattr(model, "encode_text") else None,
         pool_layer="visual.trunk.attn_pool" if hasattr(getattr(model.visual, "trunk", None), "attn_pool") else None,
     )
+    random_weights = pretrained is None and not name.startswith(SCHEMAS)
+    return mark_weights(vision, random_weights, seed)

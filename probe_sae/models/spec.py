@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from .base import VisionModel
+from .seeding import DEFAULT_SEED, check_seed, seeded
 
 #: ``loader(rest_of_spec, device, **kwargs)`` for a family added with `register_loader`.
 Loader = Callable[..., VisionModel]
@@ -77,7 +78,9 @@ def parse_spec(spec: str) -> ModelSpec:
     return ModelSpec(family, name, tag, path)  # type: ignore[arg-type]
 
 
-def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> VisionModel:
+def load_model(
+    spec: str, device: torch.device | str = "cpu", *, seed: int = DEFAULT_SEED, **kwargs: Any
+) -> VisionModel:
     """Load a vision model by spec and make it hookable (see `VisionModel`).
 
     Specs: ``open_clip:<name>[/<tag>|@<checkpoint>]``, ``hf:<repo id or directory>``,
@@ -85,8 +88,15 @@ def load_model(spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> 
     (``open_clip.create_model_and_transforms``, ``<Model>.from_pretrained``,
     ``timm.create_model``), e.g. ``force_image_size=``, ``torch_dtype=``, ``pretrained=True``.
     The model is put in eval mode on ``device``.
+
+    A model with random weights (open_clip without tag or checkpoint, timm without
+    ``pretrained=True`` or checkpoint) is initialised under torch seed ``seed`` (the global RNG
+    is left untouched), so every process rebuilds the same network from the same spec and seed;
+    ``model.random_weights`` and ``model.seed`` record it, and SAEs trained on it save both in
+    their provenance. Pretrained weights that are not cached fail at once, with what to
+    download, when ``HF_HUB_OFFLINE=1`` is set or the hub cannot be reached.
     """
-    model = _load(spec, device, **kwargs)
+    model = _load(spec, device, check_seed(seed), **kwargs)
     if model.spec is None and not kwargs:
         model.spec = spec
     return model
@@ -105,19 +115,20 @@ def _registered(family: str) -> bool:
     return family in _EXTRA_LOADERS
 
 
-def _load(spec: str, device: torch.device | str, **kwargs: Any) -> VisionModel:
+def _load(spec: str, device: torch.device | str, seed: int, **kwargs: Any) -> VisionModel:
     if isinstance(spec, str) and _registered(spec.partition(":")[0]):
         family, _, rest = spec.partition(":")
-        return _EXTRA_LOADERS[family](rest, device, **kwargs)
+        with seeded(seed):  # a loader that draws random numbers draws the same ones each time
+            return _EXTRA_LOADERS[family](rest, device, **kwargs)
     parsed = parse_spec(spec)
     if parsed.family == "open_clip":
         from .open_clip import load_open_clip
 
-        return load_open_clip(parsed.name, parsed.tag, parsed.path, device, **kwargs)
+        return load_open_clip(parsed.name, parsed.tag, parsed.path, device, seed=seed, **kwargs)
     if parsed.family == "hf":
         from .hf import load_hf
 
         return load_hf(parsed.name, device, **kwargs)
     from .timm import load_timm
 
-    return load_timm(parsed.name, parsed.path, device, **kwargs)
+    return load_timm(parsed.name, parsed.path, device, seed=seed, **kwargs)

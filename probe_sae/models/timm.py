@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from .base import VisionModel
 from .images import InputSpec, per_image
 from .layout import TokenLayout
+from .offline import ensure_timm_weights
+from .seeding import DEFAULT_SEED, mark_weights, seeded
 
 
 def vit_layout(vit: nn.Module) -> TokenLayout | None:
@@ -52,9 +54,17 @@ def _forward(module: nn.Module, pixels: Tensor) -> Tensor:
     return module(pixels)
 
 
-def load_timm(name: str, path: str | None, device: torch.device | str, **kwargs: Any) -> VisionModel:
-    """A timm model by name (random weights unless ``pretrained=True``), or with the weights of a
-    local checkpoint ``path`` loaded through timm's own pretrained path."""
+def load_timm(
+    name: str,
+    path: str | None,
+    device: torch.device | str,
+    *,
+    seed: int = DEFAULT_SEED,
+    **kwargs: Any,
+) -> VisionModel:
+    """A timm model by name (random weights drawn under torch seed ``seed`` unless
+    ``pretrained=True`` or ``checkpoint_path=``), or with the weights of a local checkpoint
+    ``path`` loaded through timm's own pretrained path."""
     import timm
     import timm.data
 
@@ -71,7 +81,12 @@ def load_timm(name: str, path: str | None, device: torch.device | str, **kwargs:
                 f"(torch.save(model.state_dict(), path) or a .safetensors file)."
             )
         kwargs = {**kwargs, "pretrained": True, "pretrained_cfg_overlay": {"file": path}}
-    model = timm.create_model(name, **kwargs).to(device).eval()
+    random_weights = not kwargs.get("pretrained") and not kwargs.get("checkpoint_path")
+    if path is None and kwargs.get("pretrained"):
+        ensure_timm_weights(name)
+    with seeded(seed):
+        model = timm.create_model(name, **kwargs)
+    model = model.to(device).eval()
     config = timm.data.resolve_data_config({}, model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:  # built with img_size=...: its pretrained_cfg still says 224
@@ -82,7 +97,7 @@ def load_timm(name: str, path: str | None, device: torch.device | str, **kwargs:
     if layout is not None:
         layout = layout.for_image_size(*spec.size)
     mode = "RGB" if spec.channels == 3 else ("L" if spec.channels == 1 else None)
-    return VisionModel(
+    vision = VisionModel(
         model,
         name=f"timm:{name}",
         forward=_forward,
@@ -92,3 +107,4 @@ def load_timm(name: str, path: str | None, device: torch.device | str, **kwargs:
         blocks="blocks" if isinstance(getattr(model, "blocks", None), nn.Sequential | nn.ModuleList) else None,
         pool_layer="attn_pool" if getattr(model, "attn_pool", None) is not None else None,
     )
+    return mark_weights(vision, random_weights, seed)

@@ -79,6 +79,19 @@ def heat_limits(heat: np.ndarray, vmax: float | None) -> tuple[float, float]:
     return 0.0, top if top > 0 else 1.0
 
 
+def upscale(image_HW3: np.ndarray, heat_HW: np.ndarray | None, min_pixels: int) -> tuple:
+    """Repeat pixels (nearest neighbour, an integer factor) until the shorter side of
+    ``image`` is at least ``min_pixels``; ``heat`` (same H, W) is repeated alike."""
+    short = min(image_HW3.shape[:2])
+    factor = -(-min_pixels // short) if short and min_pixels > short else 1
+    if factor <= 1:
+        return image_HW3, heat_HW
+    big = np.repeat(np.repeat(image_HW3, factor, axis=0), factor, axis=1)
+    if heat_HW is not None:
+        heat_HW = np.repeat(np.repeat(np.asarray(heat_HW), factor, axis=0), factor, axis=1)
+    return big, heat_HW
+
+
 def overlay(
     ax: Axes,
     image_HW3: np.ndarray,
@@ -88,12 +101,17 @@ def overlay(
     cmap: str = "inferno",
     vmax: float | None = None,
     title: str | None = None,
+    min_pixels: int = 0,
+    contour: bool = False,
 ) -> None:
     """Draw ``image`` on ``ax`` and, over it, ``heat`` (same H, W) with transparency.
 
     The heat layer is the axes' last ``AxesImage`` and is labelled ``"heatmap"``
-    (``ax.images[-1].get_array()`` gives the values back).
+    (``ax.images[-1].get_array()`` gives the values back). ``min_pixels`` upsamples small
+    images (nearest neighbour, see `upscale`) so they stay readable; ``contour`` outlines where
+    the heat exceeds half of its scale, so a light ``alpha`` still shows the region.
     """
+    image_HW3, heat_HW = upscale(image_HW3, heat_HW, min_pixels)
     ax.imshow(image_HW3, interpolation="bilinear")
     if heat_HW is not None:
         lo, hi = heat_limits(heat_HW, vmax)
@@ -108,6 +126,8 @@ def overlay(
             interpolation="nearest",
         )
         layer.set_label("heatmap")
+        if contour and float(np.max(heat_HW)) > lo + 0.5 * (hi - lo) > float(np.min(heat_HW)):
+            ax.contour(heat_HW, levels=[lo + 0.5 * (hi - lo)], colors="cyan", linewidths=0.8)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=7)

@@ -21,17 +21,25 @@ from probe_sae.saes import SAE
 
 
 def draw_top_images(
-    tiles: ConceptTiles, *, alpha: float = 0.8, cmap: str = "inferno", tile: float = 1.3
+    tiles: ConceptTiles,
+    *,
+    alpha: float = 0.8,
+    cmap: str = "inferno",
+    tile: float = 1.3,
+    min_pixels: int = 0,
+    contour: bool = False,
 ) -> Figure:
     """A row per concept of ``tiles``: its top images with its heatmap (one scale per row).
 
-    Each tile is titled with the image position and its max patch activation.
+    Each tile is titled with the image's name (file name for a folder, else its position) and
+    its max patch activation; the row with the concept and, when known, what it detects.
+    ``min_pixels`` and ``contour``: see `probe_sae.plotting._display.overlay`.
     """
     n_cols = max((len(row) for row in tiles.images), default=1) or 1
     n_rows = max(len(tiles.concepts), 1)
     fig = new_figure(tile * n_cols + 0.6, tile * n_rows + 0.2)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for r, concept in enumerate(tiles.concepts):
+    for r in range(len(tiles.concepts)):
         vmax = max((float(h.max()) for h in tiles.heat[r]), default=None)
         for j in range(n_cols):
             ax = axes[r, j]
@@ -45,12 +53,14 @@ def draw_top_images(
                 alpha=alpha,
                 cmap=cmap,
                 vmax=vmax,
-                title=f"#{tiles.image_index[r][j]} · {tiles.scores[r][j]:.2g}",
+                title=tiles.caption(r, j),
+                min_pixels=min_pixels,
+                contour=contour,
             )
         axes[r, 0].text(
             -0.08,
             0.5,
-            f"concept {concept}",
+            tiles.concept_label(r),
             transform=axes[r, 0].transAxes,
             rotation=90,
             ha="right",
@@ -67,8 +77,11 @@ def draw_atlas(
     alpha: float = 0.8,
     cmap: str = "inferno",
     tile: float = 1.1,
+    min_pixels: int = 0,
+    contour: bool = False,
 ) -> Figure:
-    """One tile per concept of ``tiles``: its best image with its heatmap, titled by concept."""
+    """One tile per concept of ``tiles``: its best image with its heatmap, titled by concept
+    (and what it detects, when ``tiles.labels`` know it)."""
     n = len(tiles.concepts)
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
@@ -85,7 +98,9 @@ def draw_atlas(
             tiles.heat[pos][0],
             alpha=alpha,
             cmap=cmap,
-            title=f"c{tiles.concepts[pos]}",
+            title=tiles.concept_label(pos, prefix="c"),
+            min_pixels=min_pixels,
+            contour=contour,
         )
     return fig
 

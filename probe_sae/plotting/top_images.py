@@ -9,7 +9,7 @@ a few running totals used to rank concepts; it never holds the codes of all imag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ class TopImages:
         patch_frequency: (C,) fraction of patch tokens where the concept fires.
         n_images: images streamed.
         grid: (h, w) patch grid of the layer.
+        image_scores: (n_images, C) every image's score, when asked (``keep_scores=True``).
     """
 
     concepts: Tensor
@@ -52,6 +53,7 @@ class TopImages:
     patch_frequency: Tensor
     n_images: int
     grid: tuple[int, int]
+    image_scores: Tensor | None = None
 
     def row(self, concept: int) -> int:
         """Row of ``concept`` in the tensors."""
@@ -97,6 +99,7 @@ def top_activating_images(
     max_images: int | None = None,
     encode_options: dict[str, Any] | None = None,
     progress: bool = True,
+    keep_scores: bool = False,
 ) -> TopImages:
     """Stream ``images`` through ``model`` and ``sae`` and keep each concept's top ``n`` images.
 
@@ -106,6 +109,8 @@ def top_activating_images(
         batch_size: images per forward pass; memory is about
             ``batch_size × len(concepts) × h × w`` floats.
         max_images: stop after this many images.
+        keep_scores: also keep every image's score per concept (``TopImages.image_scores``,
+            ``n_images × len(concepts)`` floats), e.g. to match concepts with known labels.
 
     Returns:
         A `TopImages` with (C, n) scores and image positions.
@@ -123,6 +128,7 @@ def top_activating_images(
     fired_images = torch.zeros(n_c, dtype=torch.float64)
     fired_patches = torch.zeros(n_c, dtype=torch.float64)
     seen, grid = 0, (0, 0)
+    kept: list[Tensor] = []
     total = source.length if max_images is None else min(max_images, source.length or max_images)
     bar = tqdm(total=total, desc="top images", unit="img", disable=not progress)
     try:
@@ -140,6 +146,8 @@ def top_activating_images(
             maps_BChw = maps_BChw.cpu()
             score_CB = maps_BChw.amax(dim=(2, 3)).T
             mass += maps_BChw.double().sum(dim=(0, 2, 3))
+            if keep_scores:
+                kept.append(score_CB.T.float().clone())
             fired_images += (score_CB > 0).double().sum(dim=1)
             fired_patches += (maps_BChw != 0).double().sum(dim=(0, 2, 3))
             where = torch.tensor([start + i for i in keep]).expand(n_c, -1)
@@ -163,6 +171,7 @@ def top_activating_images(
         patch_frequency=fired_patches / (seen * grid[0] * grid[1]),
         n_images=seen,
         grid=grid,
+        image_scores=torch.cat(kept) if keep_scores else None,
     )
 
 
@@ -175,6 +184,10 @@ class ConceptTiles:
         images: C lists of (H, W, 3) display arrays (up to n each).
         heat: C lists of (H, W) heatmaps of the row's concept over those images.
         scores: C lists of the images' max patch activations; ``image_index`` their positions.
+        image_names: C lists of the images' names (``ImageSource.name``: file names for a
+            folder), or empty.
+        labels: per concept a name for what it detects (e.g. the ground-truth object), ``""``
+            where unknown; empty when none is known.
     """
 
     concepts: list[int]
@@ -182,6 +195,28 @@ class ConceptTiles:
     heat: list[list[np.ndarray]]
     scores: list[list[float]]
     image_index: list[list[int]]
+    image_names: list[list[str]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def head(self, n: int) -> ConceptTiles:
+        """The first ``n`` concepts."""
+        return ConceptTiles(*(getattr(self, f.name)[:n] for f in fields(self)))
+
+    def caption(self, row: int, col: int) -> str:
+        """A tile's title: the image's short name (or position) and its score."""
+        names = self.image_names[row] if row < len(self.image_names) else []
+        name = short_name(names[col]) if col < len(names) else f"#{self.image_index[row][col]}"
+        return f"{name} · {self.scores[row][col]:.2g}"
+
+    def concept_label(self, row: int, prefix: str = "concept ") -> str:
+        """``"concept 12"``, with what it detects when known (``"concept 12: red_disc"``)."""
+        label = self.labels[row] if row < len(self.labels) else ""
+        return f"{prefix}{self.concepts[row]}" + (f": {label}" if label else "")
+
+
+def short_name(name: str) -> str:
+    """A file path's last component (``"/data/cat.png"`` -> ``"cat.png"``); others as they are."""
+    return name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or name
 
 
 @torch.no_grad()
@@ -215,11 +250,18 @@ def concept_tiles(
         maps.append(upsample(got.float().cpu(), size).clamp_min(0))
         shown += [display_image(im, size) for im in items]
     heat_UCHW = torch.cat(maps) if maps else torch.zeros(0)
-    tiles = ConceptTiles(concepts, [], [], [], [])
+    tiles = ConceptTiles(concepts, [], [], [], [], [])
     for c_pos, r in enumerate(rows):
         imgs = [int(i) for i in top.indices[r, :n] if int(i) >= 0]
         tiles.images.append([shown[at[i]] for i in imgs])
         tiles.heat.append([heat_UCHW[at[i], c_pos].numpy() for i in imgs])
         tiles.scores.append([float(v) for v in top.values[r, : len(imgs)]])
         tiles.image_index.append(imgs)
+        tiles.image_names.append([_name(source, i) for i in imgs])
     return tiles
+
+
+def _name(source: Any, index: int) -> str:
+    """``source.name(index)`` when the source names its images, else ``"#index"``."""
+    namer = getattr(source, "name", None)
+    return str(namer(index)) if callable(namer) else f"#{index}"

@@ -191,7 +191,9 @@ class ActivationStream:
         return dict(self._widths)
 
     def describe(self, key: str) -> dict[str, Any]:
-        """Where the tokens of ``key`` come from, as saved in an SAE's ``provenance``."""
+        """Where the tokens of ``key`` come from, as saved in an SAE's ``provenance``: the model
+        spec, whether its weights are a random initialisation and the seed that rebuilds them
+        (``load_model(spec, seed=seed)``; ``None`` for loaded weights), the layer and tokens."""
         tokens = self.tokens
         if isinstance(tokens, Tensor):
             tokens = tokens.tolist()
@@ -200,6 +202,8 @@ class ActivationStream:
         return {
             "model": getattr(self.model, "spec", None),
             "model_name": getattr(self.model, "name", None),
+            "random_weights": bool(getattr(self.model, "random_weights", False)),
+            "seed": getattr(self.model, "seed", None),
             "layer": self.model.resolve(self.layer_specs[key]),
             "tokens": tokens,
         }

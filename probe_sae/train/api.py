@@ -18,7 +18,7 @@ from probe_sae.data.images import Images
 from probe_sae.models import VisionModel
 from probe_sae.saes import SAE, SAEConfig, family_config
 from probe_sae.saes.archetypal import ArchetypalConfig
-from probe_sae.stream import ActivationStream, StreamConfig
+from probe_sae.stream import ActivationStream, CachedTokens, StreamConfig
 from probe_sae.stream.tokens import TokenSource
 from probe_sae.train.config import TrainConfig
 from probe_sae.train.trainer import SAETarget, Trainer, TrainResult
@@ -117,11 +117,29 @@ def _unused_message(unused: list[str], saes: Mapping[str, SAEConfig | SAE]) -> s
 
 def steps_for_epochs(source: TokenSource, epochs: int | None, batch_size: int) -> int:
     """Training steps of ``epochs`` passes over an image stream (each drops its last partial
-    batch)."""
+    batch) or over an activation cache (see :func:`cache_steps`)."""
+    if isinstance(source, CachedTokens) and epochs is not None:
+        return cache_steps(source, epochs)
     length = getattr(getattr(source, "source", None), "length", None)
     if epochs is None or length is None or not isinstance(source, ActivationStream):
         raise ValueError("set max_steps: the number of images is unknown or the stream is endless")
     return max(1, epochs * ((length * source.tokens_per_image()) // batch_size))
+
+
+def cache_steps(source: CachedTokens, epochs: int) -> int:
+    """Batches :class:`~probe_sae.stream.CachedTokens` serves in ``epochs`` epochs: per epoch,
+    the sum over its seeded shard groups of ``group tokens // batch_size`` (each group drops
+    its last partial batch)."""
+    counts = [int(shard["count"]) for shard in source.manifest["shards"]]
+    saved, total = source.epoch, 0
+    try:
+        for epoch in range(epochs):
+            source.epoch = epoch  # the grouping of an epoch depends on its number only
+            groups = source._groups()
+            total += sum(sum(counts[i] for i in group) // source.batch_size for group in groups)
+    finally:
+        source.epoch = saved
+    return max(1, total)
 
 
 def train_sae(
@@ -176,14 +194,14 @@ def train_sae(
 
 def train_from_source(
     saes: Mapping[str, SAEConfig | SAE],
-    source: ActivationStream,
+    source: ActivationStream | CachedTokens,
     config: TrainConfig,
     resume: str | Path | None = None,
     allow_changes: Sequence[str] = (),
 ) -> TrainResult:
-    """Train the named SAEs on the first layer of an activation stream; ``max_steps``
-    defaults to the stream's epochs over its images. ``resume`` and ``allow_changes`` are
-    those of :meth:`~probe_sae.train.trainer.Trainer.run`."""
+    """Train the named SAEs on the first layer of an activation stream or cache; ``max_steps``
+    defaults to the source's epochs (over its images, or over the cache). ``resume`` and
+    ``allow_changes`` are those of :meth:`~probe_sae.train.trainer.Trainer.run`."""
     if config.max_steps is None:
         try:
             steps = steps_for_epochs(source, source.epochs, source.batch_size)
@@ -192,6 +210,8 @@ def train_from_source(
                 raise
         else:
             config = dataclasses.replace(config, max_steps=steps)
-    key = source.layer_keys[0]
+    key = source.layer_keys[0] if isinstance(source, ActivationStream) else next(
+        iter(source.widths())
+    )
     targets = [SAETarget(name, key, item) for name, item in saes.items()]
     return Trainer(targets, source, config).run(resume=resume, allow_changes=allow_changes)

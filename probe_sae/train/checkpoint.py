@@ -54,6 +54,7 @@ ALWAYS_ALLOWED = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.checkpoint_dir",
+    "train.summary_tokens",
     "source.config.num_workers",
 )
 _ABSENT = "(absent)"

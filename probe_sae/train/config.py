@@ -38,6 +38,8 @@ class TrainConfig:
     """A latent that has not fired for this many tokens counts as dead."""
     dense_threshold: float = 1e-2
     """A latent firing on more than this fraction of tokens counts as dense."""
+    summary_tokens: int = 65_536
+    """Last tokens of the run each final SAE is evaluated on (TrainResult.summary; 0: none)."""
     log_every: int = 50
     """Steps between rows of the metrics log."""
     checkpoint_every: int | None = None
@@ -54,6 +56,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive or none, got {value}")
+        if self.summary_tokens < 0:
+            raise ConfigError(
+                f"summary_tokens must be 0 (no summary) or more, got {self.summary_tokens}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         for name in ("warmup_steps", "init_tokens", "dead_window", "log_every", "keep_checkpoints"):

@@ -9,10 +9,16 @@ from torch import Tensor
 class FiringTracker:
     """Tokens since each latent last fired, and firing counts since the last reset.
 
-    A latent is *dead* once it has not fired for ``window`` tokens (Gao et al. 2024 use 10M);
-    before that many tokens have been seen, none is dead. Its firing *frequency* over an
-    interval is the fraction of the interval's tokens on which it was active; *dense* latents
-    fire on more than ``dense_threshold`` of them.
+    Two masks, one definition each:
+
+    * :meth:`reported_dead_mask` (the logged ``dead_fraction``): a latent that never fired
+      over the stated window, ``min(window, tokens seen)`` tokens — the design notes' "10M
+      tokens or the run", the training counterpart of ``evaluate``'s frequency 0 on its set.
+    * :meth:`dead_mask` (what the AuxK loss revives, Gao et al. 2024): silent for a full
+      ``window`` tokens; before that many tokens have been seen, none is.
+
+    Its firing *frequency* over an interval is the fraction of the interval's tokens on which
+    it was active; *dense* latents fire on more than ``dense_threshold`` of them.
     """
 
     def __init__(self, n_concepts: int, window: int, dense_threshold: float = 1e-2) -> None:
@@ -20,6 +26,7 @@ class FiringTracker:
         self.tokens_since_fired = torch.zeros(n_concepts, dtype=torch.long)
         self.fire_counts = torch.zeros(n_concepts, dtype=torch.long)
         self.interval_tokens = 0
+        self.tokens_seen = 0
 
     @torch.no_grad()
     def update(self, active_NC_or_indices: Tensor, n_tokens: int) -> None:
@@ -35,16 +42,25 @@ class FiringTracker:
         self.tokens_since_fired[fired] = 0
         self.fire_counts += counts
         self.interval_tokens += n_tokens
+        self.tokens_seen += n_tokens
 
     def dead_mask(self) -> Tensor:
         """(C,) bool: latents silent for at least ``window`` tokens."""
         return self.tokens_since_fired >= self.window
 
+    def reported_dead_mask(self) -> Tensor:
+        """(C,) bool: latents that never fired over the last ``min(window, tokens seen)``
+        tokens (none before any token is seen)."""
+        span = min(self.window, self.tokens_seen)
+        if span == 0:
+            return torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
+        return self.tokens_since_fired >= span
+
     def interval_summary(self) -> dict[str, float]:
         """Dead and dense fractions; resets the interval's firing counts."""
         freq = self.fire_counts.double() / max(self.interval_tokens, 1)
         out = {
-            "dead_fraction": float(self.dead_mask().double().mean()),
+            "dead_fraction": float(self.reported_dead_mask().double().mean()),
             "dense_fraction": float((freq > self.dense_threshold).double().mean()),
         }
         self.fire_counts.zero_()
@@ -56,9 +72,14 @@ class FiringTracker:
             "tokens_since_fired": self.tokens_since_fired.clone(),
             "fire_counts": self.fire_counts.clone(),
             "interval_tokens": torch.tensor(self.interval_tokens),
+            "tokens_seen": torch.tensor(self.tokens_seen),
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.tokens_since_fired = state["tokens_since_fired"].clone()
         self.fire_counts = state["fire_counts"].clone()
         self.interval_tokens = int(state["interval_tokens"])
+        seen = state.get("tokens_seen")  # absent from checkpoints written before it existed
+        since = self.tokens_since_fired
+        fallback = int(since.max()) if since.numel() else 0
+        self.tokens_seen = int(seen) if seen is not None else fallback

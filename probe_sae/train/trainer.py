@@ -17,7 +17,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from probe_sae._atomic import atomic_write
 from probe_sae.allocator import on_cpu, tune_cpu_allocator
 from probe_sae.config import to_dict
 from probe_sae.constants import TRAINING_LOG
+from probe_sae.metrics.evaluate import EvalReport
 from probe_sae.saes import SAE, SAEConfig, build_sae, kmeans, load_sae
 from probe_sae.saes.factory import sae_from_config
 from probe_sae.stream.tokens import TokenSource
@@ -39,6 +40,7 @@ from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.interrupt import InterruptGuard
 from probe_sae.train.sae_run import SAERun
 from probe_sae.train.schedule import warmup_cosine
+from probe_sae.train.summary import RecentTokens, summarize, warn_short_run
 
 
 def build_for_run(config: SAEConfig, d_model: int, first_tokens_n: Tensor) -> SAE:
@@ -86,6 +88,12 @@ class TrainResult:
         checkpoint: the latest checkpoint folder, when the run wrote checkpoints.
         skipped_images: images the source skipped as unreadable during the run, over all its
             resumes (the source's ``skipped_images``; 0 for a source without one).
+        summary: per SAE, the final SAE (after the last step) evaluated exactly as
+            :func:`~probe_sae.metrics.evaluate` does on the run's last
+            ``TrainConfig.summary_tokens`` finite tokens (``summary[name].n_tokens`` states the
+            window; after a resume, only tokens since the resume count). FVU, L0, dead
+            (never fired in the window) and dense fractions; no geometry. Empty when
+            ``summary_tokens`` is 0 or no step was taken.
     """
 
     saes: dict[str, SAE]
@@ -95,6 +103,7 @@ class TrainResult:
     nonfinite_tokens: dict[str, int]
     checkpoint: Path | None
     skipped_images: int = 0
+    summary: dict[str, EvalReport] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write each SAE to ``out_dir/<name>/`` (``config.json`` + ``model.safetensors``) with
@@ -140,6 +149,7 @@ class Trainer:
         self._skipped_before = self._skipped_start = 0
         self._interval_start, self._interval_tokens = time.perf_counter(), 0
         self._bar: Any = None
+        self.recent = {t.layer: RecentTokens(self.config.summary_tokens) for t in targets}
 
     # ------------------------------------------------------------------ set-up
     def _validate(self) -> None:
@@ -391,6 +401,12 @@ class Trainer:
             if any(on_cpu(r.sae.b_pre.device) for r in self.runs):
                 tune_cpu_allocator()
             self._train(self.total_steps)
+            warn_short_run(
+                self.tokens,
+                self.step,
+                (r.sae.n_concepts for r in self.runs),
+                self.config.warmup_steps,
+            )
             if self.config.checkpoint_dir is not None and self._saved_step != self.step:
                 self.save_checkpoint()
         finally:
@@ -442,6 +458,8 @@ class Trainer:
             run.step(
                 x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype), lr, cfg.grad_clip
             )
+        for layer, x in xs.items():
+            self.recent[layer].add(x)
         n = next(iter(batch.values())).shape[0]
         self.step += 1
         self.tokens += n
@@ -509,7 +527,17 @@ class Trainer:
             dict(self.nonfinite),
             self.last_checkpoint,
             skipped,
+            self._summaries(),
         )
+
+    def _summaries(self) -> dict[str, EvalReport]:
+        """Each SAE evaluated on the layer's last ``summary_tokens`` tokens (see TrainResult)."""
+        out = {}
+        for run in self.runs:
+            tokens = self.recent[run.layer].tokens()
+            if tokens is not None:
+                out[run.name] = summarize(run.sae, tokens, self.config.dense_threshold)
+        return out
 
     def _lr(self, step: int, total: int) -> float:
         cfg = self.config
