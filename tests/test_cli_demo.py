@@ -139,7 +139,10 @@ def test_demo_trains_evaluates_steers_and_reports(tmp_path):
     assert result.report is not None and result.report.is_file()
     parser = _Sections()
     parser.feed(result.report.read_text())
-    assert "Demo summary" in parser.headings and "Steering experiment" in parser.headings
+    assert "Demo summary" in parser.headings and "Steering" in parser.headings
+    report = result.report.read_text()
+    assert "<h3>Ground truth</h3>" in report  # concepts named by the objects they detect
+    assert f"P({s.kind})" in report
 
 
 @pytest.mark.slow

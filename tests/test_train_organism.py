@@ -40,6 +40,7 @@ def test_trained_saes_remember_their_layer_and_save_with_their_log(tmp_path):
     loaded = load_sae(folders["topk-2"])
     assert loaded.provenance == {
         "model": "organism", "model_name": "organism", "layer": "blocks.1", "tokens": "all",
+        "random_weights": False, "seed": None,
     }
     import json
 
