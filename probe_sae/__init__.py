@@ -3,6 +3,7 @@
 Data flows one way, and so do imports: a module imports only from modules to its left.
 
     constants, config, _atomic, allocator   leaves (no imports from the package)
+    → hub             the Hugging Face Hub: hf: names through the cache, offline-aware
     → data            image sources: folders, tensors, Datasets, iterables, loaders
     → models          load_model / wrap: hookable VisionModel, token layout, layers
     → organism        the synthetic concept world and the small ViT trained on it
@@ -13,7 +14,7 @@ Data flows one way, and so do imports: a module imports only from modules to its
     → train           the online trainer, schedules, dead latents, checkpoints
     → interventions   splice, steer, attribute, concept maps, spliced fidelity
     → plotting        heatmaps, top images, curves
-    → run, report, bench, demo, cli   the applications (run: a training run as one config)
+    → run, report, browser, bench, demo, cli   the applications (run: a training run as one config)
 
 ``tests/test_layout.py`` reads every module's imports and enforces this order.
 
@@ -56,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "JumpReLUConfig": "probe_sae.saes",
     "JumpReLUSAE": "probe_sae.saes",
     "MPConfig": "probe_sae.saes",
+    "MatryoshkaConfig": "probe_sae.saes",
+    "MatryoshkaSAE": "probe_sae.saes",
     "ReLUConfig": "probe_sae.saes",
     "ReLUSAE": "probe_sae.saes",
     "SAEConfig": "probe_sae.saes",
@@ -91,6 +94,7 @@ _EXPORTS: dict[str, str] = {
     "steering_sweep": "probe_sae.interventions",
     # applications and utilities
     "write_report": "probe_sae.report",
+    "browse": "probe_sae.browser",
     "tune_cpu_allocator": "probe_sae.allocator",
 }
 #: subpackages reachable as attributes (``probe_sae.plotting.plot_maps(...)``)
@@ -118,6 +122,7 @@ __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from probe_sae import hooks, interventions, organism, plotting
     from probe_sae.allocator import tune_cpu_allocator
+    from probe_sae.browser import browse
     from probe_sae.interventions import (
         FidelityReport,
         attribute,
@@ -148,6 +153,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         FreeDictionary,
         JumpReLUConfig,
         JumpReLUSAE,
+        MatryoshkaConfig,
+        MatryoshkaSAE,
         MPConfig,
         ReLUConfig,
         ReLUSAE,

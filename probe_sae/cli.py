@@ -26,8 +26,13 @@ MODEL_HELP = (
     "pretrained tag / checkpoint; '@/path/ckpt' or an hf directory loads local weights)"
 )
 IMAGES_HELP = (
-    "a folder of images (searched recursively), or 'synthetic:N[:SEED]' for N collages of the "
-    "built-in synthetic concept world (the organism's data; gives object labels)"
+    "a folder of images (searched recursively; labelled by its labels.csv / labels.json, or "
+    "'FOLDER::labels=FILE'), 'synthetic:N[:SEED]' for N collages of the built-in synthetic "
+    "concept world (the organism's data; gives object labels), 'hf:PATH[:IMAGE_COLUMN"
+    "[:LABEL_COLUMN]]' for a Hugging Face dataset saved with Dataset.save_to_disk (labels from "
+    "its ClassLabel columns), or 'wds:PATTERN_OR_URL[::label=cls]' for WebDataset shards, e.g. "
+    "'wds:/data/shards-{000..099}.tar' (needs pip install \"probe_sae[datasets]\" for hf: and "
+    "wds:)"
 )
 
 
@@ -255,9 +260,46 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     images = parse_images(args.images)
     path = write_report(
-        saes, images.source, args.out, model=model, training_logs=logs, labels=images.labels
+        saes,
+        images.source,
+        args.out,
+        model=model,
+        training_logs=logs,
+        labels=images.labels,
+        label_names=images.label_names,
     )
     print(f"report written to {Path(path).resolve()}")
+    return 0
+
+
+def _cmd_browse(args: argparse.Namespace) -> int:
+    from probe_sae.browser import build_site, read_vocabulary, serve
+    from probe_sae.browser.serve import url_of
+    from probe_sae.run import parse_images
+
+    saes = _load_saes(args.sae_dirs)
+    model = _model_for(saes, args.model)
+    for sae in saes.values():
+        _layer_for(model, sae, None)
+    vocabulary = read_vocabulary(args.vocab) if args.vocab else None
+    images = parse_images(args.images)
+    site = build_site(
+        saes, images.source, args.out, model=model, top_k=args.top_k, vocabulary=vocabulary,
+        max_images=args.max_images,
+    )  # fmt: skip
+    print(f"concept browser written to {site.index.resolve()}")
+    if args.serve:
+        server = serve(site.root, args.port, block=False)
+        page = site.index.relative_to(site.root).as_posix()
+        print(f"serving on {url_of(server)}{page} (Ctrl-C to stop)")
+        import threading
+
+        try:
+            threading.Event().wait()  # the server runs in its thread until Ctrl-C
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
     return 0
 
 
@@ -418,6 +460,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="default: the model the SAE was trained on")
     p.add_argument("--out", default="probe_sae_out/report.html", help="the HTML file to write")
     p.set_defaults(func=_cmd_report)
+
+    p = _sub(
+        sub,
+        "browse",
+        "build a static concept browser (every concept: top images, heatmaps, stats, labels)",
+        "probe-sae browse runs/organism/topk --images synthetic:1000:1 --out probe_sae_out/browse",
+        "Stream the images once through the model and the SAEs and write a static site (HTML, JS, "
+        "JSON chunks, thumbnails) that opens from file://: all concepts sortable and filterable, "
+        "each with its top images and heatmaps, histogram, token kinds, nearest concepts, text "
+        "labels for CLIP-like models; each image with its top concepts.",
+    )
+    p.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR", help="folders written by train")
+    p.add_argument("--images", required=True, help=IMAGES_HELP)
+    p.add_argument("--model", default=None, help="default: the model the SAE was trained on")
+    p.add_argument("--out", default="probe_sae_out/browse", help="the site's folder (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=8, help="top images per concept (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=None, help="stop after this many images")
+    p.add_argument(
+        "--vocab", default=None, metavar="FILE",
+        help="words to label concepts with, one a line (CLIP-like models; default: a built-in list)",
+    )  # fmt: skip
+    p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (default: %(default)s)")
+    p.set_defaults(func=_cmd_browse)
 
     p = _sub(
         sub,

@@ -6,6 +6,9 @@ __version__ = "0.1.0.dev0"
 #: a saved SAE (and the organism's weights) is a folder holding these two files
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: the two files of an SAELens SAE folder (read and written by ``probe_sae.saes.saelens``)
+SAELENS_CONFIG_NAME = "cfg.json"
+SAELENS_WEIGHTS_NAME = "sae_weights.safetensors"
 #: the metrics log written next to a saved SAE by ``TrainResult.save``
 TRAINING_LOG = "training_log.json"
 #: the resolved run configuration written into a training run's output folder

@@ -8,7 +8,8 @@
    identifiability against the known objects (Fel et al. 2025, §4), spliced fidelity.
 4. One steering experiment: add the TopK concept that best detects an object to images
    without that object, and watch the organism's belief in it rise.
-5. Write the HTML report (metrics, training curves, top images with heatmaps).
+5. Write the HTML report (metrics, training curves, top images with heatmaps) and, next to
+   it, the concept browser of the three SAEs over the held-out collages, which it links.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class DemoResult:
     report: Path | None
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    browser: Path | None = None  # the concept browser's start page
 
 
 def auc_per_column(scores_NA: Tensor, labels_N: Tensor) -> Tensor:
@@ -228,6 +230,7 @@ def run_demo(
         seconds=0.0,
     )
     if report:
+        demo.browser = _build_browser(demo, model, test.images, progress)
         demo.report = _write_report(demo, model, test.images, test.presence)
     demo.seconds = time.perf_counter() - t0
     return demo
@@ -294,7 +297,19 @@ def _write_report(
         label_names=list(KIND_NAMES),
         steering=result.steering,
         extra_sections=[("Demo summary", summary + table)],
+        browser=result.browser,
     )
+
+
+def _build_browser(result: DemoResult, model: VisionModel, images: Tensor, progress: bool) -> Path:
+    """The concept browser of the demo's SAEs over the held-out collages (``OUT/browse``)."""
+    from probe_sae.browser import build_site
+
+    site = build_site(
+        {r.name: r.folder for r in result.saes}, images, result.out_dir / "browse", model=model,
+        layer=result.layer, progress=progress,
+    )  # fmt: skip
+    return site.root / "index.html"
 
 
 def _html_table(result: DemoResult) -> str:

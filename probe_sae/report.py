@@ -306,6 +306,7 @@ def write_report(
     label_names: Sequence[str] | None = None,
     steering: Any = None,
     min_pixels: int = 160,
+    browser: str | Path | None = None,
 ) -> Path:
     """Write a self-contained HTML report on ``saes`` over ``images`` to ``out_path``.
 
@@ -338,6 +339,8 @@ def write_report(
             ``DemoSteering``, or a dict with ``multiples``, ``p_kind``, optional
             ``off_target``, ``kind``, ``concept``, ``n_images``).
         min_pixels: images smaller than this are upsampled (nearest neighbour) in the figures.
+        browser: the start page of a concept browser of these SAEs (`probe_sae.browse`, in `probe_sae.browser`); the
+            report links it (by a path relative to the report).
 
     Returns:
         The path written (atomically: a failure leaves an older report in place).
@@ -444,6 +447,11 @@ def write_report(
         [f'<a href="#sae-{_slug(e.name)}">{html.escape(e.name)}</a>' for e in entries]
         + [f'<a href="#extra-{_slug(t)}">{html.escape(t)}</a>' for t, _ in extra_sections]
     )
+    if browser is not None:
+        import os
+
+        target = os.path.relpath(Path(browser).resolve(), out.parent.resolve())
+        nav += f' <a id="browser-link" href="{html.escape(Path(target).as_posix())}">Concept browser</a>'
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

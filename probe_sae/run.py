@@ -11,6 +11,7 @@ reruns the same run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from probe_sae.constants import (
     RUN_FORMAT_VERSION,
     __version__,
 )
+from probe_sae.data import ImageSource
 from probe_sae.models import VisionModel, load_model
 from probe_sae.saes import SAEConfig
 from probe_sae.stream import (
@@ -52,7 +54,7 @@ class RunConfig:
     layer: str
     """Layer to hook: a name, blocks.i or a block index."""
     images: str
-    """A folder of images (searched recursively), or synthetic:N[:SEED] collages of the organism's world."""
+    """A folder of images (searched recursively), synthetic:N[:SEED] collages of the organism's world, hf:PATH[:IMAGE_COLUMN[:LABEL_COLUMN]] (a saved Hugging Face dataset) or wds:PATTERN_OR_URL (WebDataset shards); see parse_images."""
     saes: dict[str, SAEConfig]
     """The SAEs trained from the same forward passes, by run name."""
     stream: StreamConfig = field(default_factory=StreamConfig)
@@ -110,19 +112,76 @@ def write_run_config(run: RunConfig, folder: str | Path) -> Path:
     return path
 
 
+#: the image specs parse_images reads, for error messages and help texts
+IMAGE_SPECS = (
+    "a folder of images (searched recursively; labelled by its labels.csv or labels.json, or "
+    "FOLDER::labels=FILE), synthetic:N[:SEED] (collages of the organism's world), "
+    "hf:PATH[:IMAGE_COLUMN[:LABEL_COLUMN]] (a folder written by Dataset.save_to_disk) or "
+    "wds:PATTERN_OR_URL[::label=KEY][::image=KEY] (WebDataset shards, e.g. "
+    "wds:/data/shards-{000..099}.tar)"
+)
+
+
 @dataclass
 class ImageSet:
     """Images named by a spec string, ready for a stream."""
 
-    source: str | Tensor
-    """A folder path or an (N, C, H, W) tensor."""
+    source: str | Tensor | ImageSource
+    """A folder path, an (N, C, H, W) tensor, or an image source (a Hugging Face dataset,
+    WebDataset shards, a labelled folder)."""
     labels: Tensor | None = None
-    """(N, n_kinds) presence of each object, for synthetic collages."""
+    """(N, K) presence of K known classes or objects (synthetic collages, ClassLabel columns,
+    label files), or None."""
     description: str = ""
+    label_names: list[str] | None = None
+    """The K names of the columns of ``labels``."""
+
+
+def _spec_options(
+    rest: str, allowed: Sequence[str], spec: str
+) -> tuple[str, dict[str, str]]:
+    """``rest`` (the end of ``spec``) without its trailing ``::name=value`` options, and the
+    options."""
+    parts, options = rest.split("::"), {}
+    while len(parts) > 1 and re.fullmatch(r"\w+=.*", parts[-1]):
+        name, value = parts.pop().split("=", 1)
+        if name not in allowed:
+            accepted = ", ".join(f"::{a}=..." for a in allowed) or "no options"
+            raise ConfigError(
+                f"{spec!r}: unknown option ::{name}=; this form takes {accepted}. Image specs: "
+                f"{IMAGE_SPECS}"
+            )
+        options[name] = value
+    return "::".join(parts), options
+
+
+def _labelled(source: ImageSource, description: str) -> ImageSet:
+    """An :class:`ImageSet` over ``source`` with the labels it knows."""
+    from probe_sae.data import image_labels
+
+    labels = image_labels(source)
+    if labels is None:
+        return ImageSet(source, None, description)
+    description += f", {len(labels.names)} label classes"
+    return ImageSet(source, labels.presence, description, list(labels.names))
 
 
 def parse_images(spec: str) -> ImageSet:
-    """``synthetic:N[:SEED]`` (collages of the organism's world, with labels) or a folder."""
+    """The images (and labels, when known) named by a spec string.
+
+    * ``synthetic:N[:SEED]``: N collages of the organism's world, labelled by the objects in
+      them;
+    * ``hf:PATH[:IMAGE_COLUMN[:LABEL_COLUMN]]``: a Hugging Face dataset folder written by
+      ``Dataset.save_to_disk``; the image column defaults to its one ``Image`` feature, the
+      labels to its ``ClassLabel`` columns (several: ``LABEL_A,LABEL_B``);
+    * ``wds:PATTERN_OR_URL``: WebDataset shards (``wds:/data/shards-{000..099}.tar``, or an
+      fsspec URL); ``::label=cls`` reads labels from that member (one pass over the shards,
+      images not decoded), ``::image=jpg`` names the image member;
+    * ``FOLDER``: image files under it, labelled by its ``labels.csv`` / ``labels.json`` when
+      it has one; ``FOLDER::labels=FILE`` names the label file.
+
+    Anything else raises :class:`~probe_sae.config.ConfigError` naming these forms.
+    """
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
         try:
@@ -134,16 +193,79 @@ def parse_images(spec: str) -> ImageSet:
             ) from None
         if n <= 0:
             raise ConfigError(f"{spec!r}: the number of images must be positive")
-        from probe_sae.organism import generate
+        from probe_sae.organism import KIND_NAMES, generate
 
         world = generate(n, seed=seed)
-        return ImageSet(world.images, world.presence, f"{n} synthetic collages (seed {seed})")
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise ConfigError(
-            f"no folder {spec!r}: pass a folder of images or synthetic:N (built-in collages)"
+        return ImageSet(
+            world.images,
+            world.presence,
+            f"{n} synthetic collages (seed {seed})",
+            list(KIND_NAMES),
         )
-    return ImageSet(str(folder), None, f"images under {folder}")
+    try:
+        if spec.startswith("hf:"):
+            return _hf_images(spec)
+        if spec.startswith("wds:"):
+            return _wds_images(spec)
+        return _folder_images(spec)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{spec!r}: {err}") from None
+
+
+def _hf_images(spec: str) -> ImageSet:
+    from probe_sae.data.hf import hf_images_from_disk
+
+    rest, _ = _spec_options(spec[len("hf:") :], (), spec)
+    parts = [rest] if Path(rest).is_dir() else rest.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise ConfigError(
+            f"cannot read {spec!r}: write hf:PATH, hf:PATH:IMAGE_COLUMN or "
+            "hf:PATH:IMAGE_COLUMN:LABEL_COLUMN (PATH a folder written by Dataset.save_to_disk)"
+        )
+    path, image_column = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
+    label_columns = parts[2].split(",") if len(parts) > 2 and parts[2] else None
+    source = hf_images_from_disk(path, image_column, label_columns)
+    return _labelled(source, f"{len(source)} images of the dataset {path}")
+
+
+def _wds_images(spec: str) -> ImageSet:
+    from probe_sae.data.wds import WebDatasetImages
+
+    pattern, options = _spec_options(spec[len("wds:") :], ("label", "image"), spec)
+    if not pattern:
+        raise ConfigError(
+            f"cannot read {spec!r}: write wds:PATTERN_OR_URL, e.g. wds:/data/shards-{{000..099}}.tar"
+        )
+    source = WebDatasetImages(
+        pattern, image_key=options.get("image"), label_key=options.get("label", "cls")
+    )
+    description = f"{len(source.urls)} WebDataset shard(s) {pattern}"
+    if "label" not in options:  # reading labels costs a pass over every shard: on request only
+        return ImageSet(source, None, description)
+    return _labelled(source, description)
+
+
+def _folder_images(spec: str) -> ImageSet:
+    from probe_sae.data import LabelledFolder
+    from probe_sae.data.labelled import find_label_file
+
+    path, options = _spec_options(spec, ("labels",), spec)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"no folder {path!r}. Image specs: {IMAGE_SPECS}")
+    labels_file: Path | None
+    if "labels" in options:
+        labels_file = Path(options["labels"])
+        if not labels_file.is_absolute() and not labels_file.exists():
+            labels_file = folder / labels_file  # relative to the folder
+    else:
+        labels_file = find_label_file(folder)
+    if labels_file is None:
+        return ImageSet(str(folder), None, f"images under {folder}")
+    source = LabelledFolder(folder, labels_file)
+    return _labelled(source, f"images under {folder} labelled by {labels_file.name}")
 
 
 def resolve_layer(model: VisionModel, layer: str) -> str:

@@ -95,7 +95,13 @@ def test_every_field_has_a_one_line_docstring():
 
 
 def test_family_presets_and_names():
-    assert set(available_families()) == {*registered_families(), "asae", "rasae"}
+    assert set(available_families()) == {
+        *registered_families(),
+        "asae",
+        "rasae",
+        "matryoshka_asae",
+        "matryoshka_rasae",
+    }
     rasae = family_config("rasae", k=8, delta=0.5)
     assert isinstance(rasae, TopKConfig) and rasae.archetypal == ArchetypalConfig(0.5)
     assert family_config("asae", encoder="relu").archetypal == ArchetypalConfig(delta=0.0)
@@ -151,7 +157,7 @@ def test_add_options_on_a_new_config_class():
     assert vars(args) == {"width": 9, "fast": True}  # unset flags stay absent
 
 
-def _train_args(*extra: str, families=("topk", "rasae", "mp", "relu", "batchtopk", "jumprelu")):
+def _train_args(*extra: str, families=("topk", "rasae", "mp", "relu", "batchtopk", "jumprelu", "matryoshka")):
     argv = ["train", "organism", "--layer", "blocks.2", "--images", "synthetic:8", "--sae"]
     return build_parser().parse_args([*argv, *families, *extra])
 

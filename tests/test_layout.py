@@ -36,6 +36,7 @@ import probe_sae
 #: probe_sae/__init__.py, which ``test_order_matches_the_package_docstring`` checks.
 ORDER: list[tuple[str, ...]] = [
     ("constants", "config", "_atomic", "allocator"),
+    ("hub",),
     ("data",),
     ("models",),
     ("organism",),
@@ -46,7 +47,7 @@ ORDER: list[tuple[str, ...]] = [
     ("train",),
     ("interventions",),
     ("plotting",),
-    ("run", "report", "bench", "demo", "cli"),
+    ("run", "report", "browser", "bench", "demo", "cli"),
 ]
 #: private units any unit may import
 SHARED = ("_atomic",)

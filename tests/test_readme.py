@@ -29,6 +29,11 @@ SUBSTITUTIONS = {
         ('"blocks.11"', '"blocks.2"'),  # the organism has 4 blocks
         ('"path/to/images"', '"{images}"'),  # 64 PNGs of organism collages
     ],
+    "Real datasets, SAELens and the Hub": [
+        ('"open_clip:ViT-B-32/openai"', '"organism"'),
+        ('"blocks.8"', '"blocks.2"'),
+        ('"path/to/saved_dataset"', '"{dataset}"'),  # the same 64 collages, saved by `datasets`
+    ],
 }
 # Python blocks that continue the namespace of the block before them (one example split
 # over two sections); every other block runs in a fresh namespace.
@@ -189,7 +194,19 @@ def image_folder(tmp_path):
     return folder
 
 
-def test_python_blocks_run(tmp_path, monkeypatch, image_folder):
+@pytest.fixture
+def saved_dataset(tmp_path, image_folder):
+    """The PNG collages as a `datasets.Dataset` saved with `save_to_disk`."""
+    import datasets
+
+    files = sorted(str(p) for p in image_folder.iterdir())
+    features = datasets.Features({"image": datasets.Image()})
+    folder = tmp_path / "dataset"
+    datasets.Dataset.from_dict({"image": files}, features=features).save_to_disk(str(folder))
+    return folder
+
+
+def test_python_blocks_run(tmp_path, monkeypatch, image_folder, saved_dataset):
     """Each Python block runs; the SAEs of the blocks that run as written are not undertrained
     (no ShortRunWarning: a substituted block trains on 64 images, so it may warn), and the FVU
     the evaluation block states is what it measures."""
@@ -197,7 +214,7 @@ def test_python_blocks_run(tmp_path, monkeypatch, image_folder):
     namespace: dict = {}
     for section, code in PYTHON_BLOCKS:
         for old, new in SUBSTITUTIONS.get(section, []):
-            code = code.replace(old, new.format(images=image_folder))
+            code = code.replace(old, new.format(images=image_folder, dataset=saved_dataset))
         if section not in CONTINUES:
             namespace = {"__name__": f"readme: {section}"}
         with warnings.catch_warnings():
@@ -213,6 +230,7 @@ def test_python_blocks_run(tmp_path, monkeypatch, image_folder):
     assert (tmp_path / "my_sae" / "config.json").exists()
     assert (tmp_path / "rasae_vitb32" / "config.json").exists()
     assert (tmp_path / "eval.json").exists()
+    assert (tmp_path / "topk_saelens" / "cfg.json").exists()
 
 
 # ------------------------------------------------------------------ figures in the prose

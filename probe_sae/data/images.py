@@ -34,8 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 #: Where images come from, everything `image_source` reads: a folder path (image files under
 #: it, recursively), a (N, C, H, W) tensor (preprocessed pixels or uint8 images), a map-style
-#: ``Dataset`` of images or ``(image, ...)`` tuples, an iterable of PIL images, one PIL image,
-#: or an `ImageSource`.
+#: ``Dataset`` of images or ``(image, ...)`` tuples, a Hugging Face ``datasets.Dataset`` or
+#: ``IterableDataset``, an iterable of PIL images, one PIL image, or an `ImageSource`.
 Images: TypeAlias = "str | Path | Tensor | Dataset | Iterable[PILImage] | PILImage | ImageSource"
 
 
@@ -229,9 +229,21 @@ class IterableImages(ImageSource):
         return out
 
 
+def _hf_kind(obj: object) -> str | None:
+    """The Hugging Face ``datasets`` class ``obj`` is (``"Dataset"``, ``"IterableDataset"``,
+    ``"DatasetDict"``...), or ``None``; told by the class's module, so ``datasets`` is not
+    imported for other objects."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.split(".")[0] == "datasets" and "Dataset" in cls.__name__:
+            return cls.__name__
+    return None
+
+
 def image_source(images: Images) -> ImageSource:
-    """The :class:`ImageSource` for a folder path, a tensor, a Dataset, an iterable of PIL
-    images or one PIL image (see `Images`)."""
+    """The :class:`ImageSource` for a folder path, a tensor, a Dataset, a Hugging Face
+    ``datasets.Dataset`` or ``IterableDataset`` (:func:`~probe_sae.data.hf.hf_images`: its one
+    ``Image`` column, labels from its ``ClassLabel`` columns), an iterable of PIL images or one
+    PIL image (see `Images`)."""
     if isinstance(images, ImageSource):
         return images
     if isinstance(images, (str, Path)):
@@ -240,6 +252,10 @@ def image_source(images: Images) -> ImageSource:
         return TensorImages(images)
     if is_pil(images):
         return IterableImages([images])
+    if _hf_kind(images) is not None:
+        from probe_sae.data.hf import hf_images
+
+        return hf_images(images)
     if (
         hasattr(images, "__getitem__")
         and hasattr(images, "__len__")

@@ -2,7 +2,9 @@
 
 Reported exactly as defined in the design notes: FVU / R² with float64 accumulators and the
 per-dimension mean of the whole set, on raw activations; L0 as the mean number of non-zero
-codes per token, split into CLS / register / patch tokens when token positions are known;
+codes per token (and its standard deviation over tokens, non-zero for the families whose L0
+varies per token: BatchTopK, JumpReLU, ReLU, MP-SAE stopping early), split into CLS /
+register / patch tokens when token positions are known;
 firing frequencies over the set, dead (frequency 0) and dense (frequency > 1e-2) fractions;
 and the dictionary's geometry.
 """
@@ -10,6 +12,7 @@ and the dictionary's geometry.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ class EvalReport:
     fvu: float
     r2: float
     l0: float
+    l0_std: float = 0.0
     l0_by_token_kind: dict[str, float] = field(default_factory=dict)
     dead_fraction: float = 0.0
     dense_fraction: float = 0.0
@@ -67,6 +71,7 @@ class EvalReport:
             ("FVU", f"{self.fvu:.4f}"),
             ("R²", f"{self.r2:.4f}"),
             ("L0 (all tokens)", f"{self.l0:.2f}"),
+            ("L0 std over tokens", f"{self.l0_std:.2f}"),
             *[(f"L0 ({kind} tokens)", f"{v:.2f}") for kind, v in self.l0_by_token_kind.items()],
             ("dead latents (never fired)", f"{100 * self.dead_fraction:.2f} %"),
             (
@@ -153,7 +158,7 @@ def evaluate(
     device, dtype = sae.b_pre.device, sae.b_pre.dtype
     stats = ReconstructionStats()
     fire = torch.zeros(sae.n_concepts, dtype=torch.float64)
-    l0_sum = 0.0
+    l0_sum = l0_sq_sum = 0.0
     kind_sums: dict[str, list[float]] = {}
     nonfinite = seen = 0
     bar = tqdm(desc="evaluating", unit="tok", total=max_tokens, disable=not progress)
@@ -177,6 +182,7 @@ def evaluate(
             stats.update(x, out.x_hat)
             fire += active.sum(dim=0).double().cpu()
             l0_sum += float(per_token.sum())
+            l0_sq_sum += float(per_token.square().sum())
             if layout is not None and token_index is not None:
                 for kind, mask in _token_kinds(layout, token_index.cpu()).items():
                     acc = kind_sums.setdefault(kind, [0.0, 0.0])
@@ -192,6 +198,7 @@ def evaluate(
     if seen == 0:
         raise ValueError("no finite tokens to evaluate")
     freq = fire / seen
+    l0 = l0_sum / seen
     atoms = sae.dictionary.detach()
     return EvalReport(
         family=getattr(sae, "label", sae.family),
@@ -200,7 +207,8 @@ def evaluate(
         n_tokens=seen,
         fvu=stats.fvu,
         r2=stats.r2,
-        l0=l0_sum / seen,
+        l0=l0,
+        l0_std=math.sqrt(max(l0_sq_sum / seen - l0 * l0, 0.0)),
         l0_by_token_kind={k: s / n for k, (s, n) in kind_sums.items() if n > 0},
         dead_fraction=float((freq == 0).double().mean()),
         dense_fraction=float((freq > dense_threshold).double().mean()),

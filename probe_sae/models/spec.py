@@ -15,6 +15,8 @@ from .seeding import DEFAULT_SEED, check_seed, seeded
 #: ``loader(rest_of_spec, device, **kwargs)`` for a family added with `register_loader`.
 Loader = Callable[..., VisionModel]
 _EXTRA_LOADERS: dict[str, Loader] = {}
+#: open_clip's prefix of a model on the Hugging Face Hub
+HF_HUB = "hf-hub:"
 #: Packages register loaders without being imported first: an entry point in this group named
 #: after the family (``organism = "probe_sae.organism:register"``) is loaded and called on the
 #: first spec of that family.
@@ -95,6 +97,10 @@ def load_model(
     ``model.random_weights`` and ``model.seed`` record it, and SAEs trained on it save both in
     their provenance. Pretrained weights that are not cached fail at once, with what to
     download, when ``HF_HUB_OFFLINE=1`` is set or the hub cannot be reached.
+
+    Hub repos (``hf:org/name[@revision]``, ``open_clip:hf-hub:org/name``) are resolved to a
+    folder of the huggingface_hub cache (``HF_HUB_CACHE``, or ``cache_dir=``) and loaded from
+    it, as ``load_sae("hf:...")`` resolves SAEs (see :mod:`probe_sae.hub`).
     """
     model = _load(spec, device, check_seed(seed), **kwargs)
     if model.spec is None and not kwargs:
@@ -124,11 +130,34 @@ def _load(spec: str, device: torch.device | str, seed: int, **kwargs: Any) -> Vi
     if parsed.family == "open_clip":
         from .open_clip import load_open_clip
 
+        if parsed.name.startswith(HF_HUB) and parsed.path is None:
+            return _open_clip_from_hub(parsed.name, device, seed, **kwargs)
         return load_open_clip(parsed.name, parsed.tag, parsed.path, device, seed=seed, **kwargs)
     if parsed.family == "hf":
         from .hf import load_hf
+        from .offline import transformers_snapshot
 
-        return load_hf(parsed.name, device, **kwargs)
+        options = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
+        folder = transformers_snapshot(parsed.name, **options)
+        if folder is None:  # a local folder
+            return load_hf(parsed.name, device, **kwargs)
+        model = load_hf(str(folder), device, **kwargs)
+        model.name = f"hf:{parsed.name}"
+        return model
     from .timm import load_timm
 
     return load_timm(parsed.name, parsed.path, device, seed=seed, **kwargs)
+
+
+def _open_clip_from_hub(
+    name: str, device: torch.device | str, seed: int, **kwargs: Any
+) -> VisionModel:
+    """``open_clip:hf-hub:org/name``: the repo's snapshot in the huggingface_hub cache,
+    loaded as ``local-dir:`` (offline, only the cache is read)."""
+    from .offline import open_clip_snapshot
+    from .open_clip import load_open_clip
+
+    folder = open_clip_snapshot(name[len(HF_HUB) :], cache_dir=kwargs.get("cache_dir"))
+    model = load_open_clip(f"local-dir:{folder}", None, None, device, seed=seed, **kwargs)
+    model.name = f"open_clip:{name}"
+    return model

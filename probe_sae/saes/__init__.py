@@ -10,8 +10,10 @@ from probe_sae.saes.factory import available_families, build_sae, family_config
 from probe_sae.saes.io import SAEFormatError, SAESaveError, load_sae, save_sae
 from probe_sae.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
 from probe_sae.saes.kmeans import kmeans
+from probe_sae.saes.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from probe_sae.saes.mp import MPSAE, MPConfig
 from probe_sae.saes.relu import ReLUConfig, ReLUSAE
+from probe_sae.saes.saelens import SAELensConversionError, load_saelens, save_saelens
 from probe_sae.saes.sparse import SparseCodes
 from probe_sae.saes.topk import TopKConfig, TopKSAE
 
@@ -27,10 +29,13 @@ __all__ = [
     "JumpReLUConfig",
     "JumpReLUSAE",
     "MPConfig",
+    "MatryoshkaConfig",
+    "MatryoshkaSAE",
     "ReLUConfig",
     "ReLUSAE",
     "SAEConfig",
     "SAEFormatError",
+    "SAELensConversionError",
     "SAEOutput",
     "SAESaveError",
     "SparseCodes",
@@ -41,6 +46,8 @@ __all__ = [
     "family_config",
     "kmeans",
     "load_sae",
+    "load_saelens",
     "registered_families",
     "save_sae",
+    "save_saelens",
 ]

@@ -6,16 +6,24 @@ k-means centroids of the activations:
 * A-SAE:  ``D = W @ C`` with ``W >= 0`` and every row of ``W`` summing to 1;
 * RA-SAE: ``D = W @ C + Λ`` with ``‖Λ_i‖₂ <= δ`` for every row (a relaxation of the hull).
 
-``W`` starts at the identity (atom i = candidate i, so ``n_candidates >= n_concepts``) and
-``Λ`` at zero. :meth:`ArchetypalDictionary.apply_constraints` projects back onto the
-constraints and must be called right after each optimizer step, so the dictionary is always
-feasible when used (the reference library applied them lazily on the next forward).
+By default ``W`` starts at the identity (atom i = candidate i, so ``n_candidates >=
+n_concepts``) and ``Λ`` at zero, the paper's initialisation: the same start for every seed given
+the candidates. A later critique (arXiv 2606.02061) attributes A-SAE's stability across seeds
+to that shared start, so ``init="random"`` draws it from the SAE's seed instead: each atom
+starts at a different candidate chosen at random (archetypal analysis's classic start at
+random data points; as good a start as the identity, only not the same one for every seed),
+and each row of Λ uniformly in the ball of radius δ. With as many candidates as concepts the
+random W is only a permutation of the identity, which stability ignores (a warning says so).
+:meth:`ArchetypalDictionary.apply_constraints` projects back onto the constraints and must be
+called right after each optimizer step, so the dictionary is always feasible when used (the
+reference library applied them lazily on the next forward).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +43,10 @@ class ArchetypalConfig:
     n_candidates: int | None = None
     """Candidate points (k-means centroids of the first tokens; the paper uses 32k); default:
     max(n_concepts, min(4 × n_concepts, the tokens seen before training))."""
+    init: Literal["deterministic", "random"] = "deterministic"
+    """Initial W and Λ: deterministic (atom i at candidate i, Λ = 0, as in the paper: the same
+    start for every seed) or random (from the SAE's seed: each atom at a different random
+    candidate, rows of Λ uniform in the δ-ball)."""
 
     def __post_init__(self) -> None:
         if self.delta < 0:
@@ -44,6 +56,12 @@ class ArchetypalConfig:
                 f"n_candidates must be positive, got {self.n_candidates}: it is the number of "
                 "candidate points; leave it unset (None) for the default"
             )
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {list(INITS)}, got {self.init!r}")
+
+
+#: the initialisations of an archetypal dictionary (see :class:`ArchetypalConfig`)
+INITS = ("deterministic", "random")
 
 
 class ArchetypalDictionary(Dictionary):
@@ -53,11 +71,22 @@ class ArchetypalDictionary(Dictionary):
         candidates: (n_candidates, d) candidate points (a buffer, not trained).
         n_concepts: number of atoms; at most ``n_candidates``.
         delta: relaxation radius δ. ``0`` gives A-SAE (no Λ at all); ``> 0`` gives RA-SAE.
+        init: ``"deterministic"`` (W = identity, Λ = 0) or ``"random"`` (atom i at a random
+            candidate, distinct for each atom, Λ uniform in the δ-ball, drawn with
+            ``generator``); see :class:`ArchetypalConfig`.
+        generator: the random numbers of ``init="random"``.
     """
 
     kind = "archetypal"
 
-    def __init__(self, candidates: Tensor, n_concepts: int, delta: float = 0.0) -> None:
+    def __init__(
+        self,
+        candidates: Tensor,
+        n_concepts: int,
+        delta: float = 0.0,
+        init: str = ArchetypalConfig.init,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if candidates.ndim != 2:
             raise ValueError(
@@ -72,10 +101,28 @@ class ArchetypalDictionary(Dictionary):
             )
         if delta < 0:
             raise ValueError(f"delta must be >= 0 (0 = A-SAE, > 0 = RA-SAE), got {delta}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
         self.n_concepts, self.d_model, self.delta = n_concepts, d_model, float(delta)
+        self.init = init
         self.register_buffer("candidates", candidates.detach().clone().float())
-        self.weights = nn.Parameter(torch.eye(n_concepts, n_candidates))
-        self.relaxation = nn.Parameter(torch.zeros(n_concepts, d_model)) if delta > 0 else None
+        if init == "random":
+            if n_candidates == n_concepts:
+                warnings.warn(
+                    f"init='random' with as many candidates as concepts ({n_concepts}) only "
+                    "permutes the deterministic start of W, which stability ignores: pass more "
+                    "candidates (e.g. n_candidates = 4 × n_concepts) for a different start",
+                    stacklevel=2,
+                )
+            weights = random_vertex_rows(n_concepts, n_candidates, generator)
+            relaxation = (
+                random_ball_rows(n_concepts, d_model, delta, generator) if delta > 0 else None
+            )
+        else:
+            weights = torch.eye(n_concepts, n_candidates)
+            relaxation = torch.zeros(n_concepts, d_model) if delta > 0 else None
+        self.weights = nn.Parameter(weights)
+        self.relaxation = None if relaxation is None else nn.Parameter(relaxation)
 
     @property
     def n_candidates(self) -> int:
@@ -133,4 +180,29 @@ class ArchetypalDictionary(Dictionary):
             lam.mul_((self.delta / norms.clamp_min(1e-12)).clamp(max=1.0))
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_candidates": self.n_candidates, "delta": self.delta}
+        return {
+            "kind": self.kind,
+            "n_candidates": self.n_candidates,
+            "delta": self.delta,
+            "init": self.init,
+        }
+
+
+def random_vertex_rows(
+    n_rows: int, n_cols: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """(n_rows, n_cols) one-hot rows at distinct columns drawn at random (``n_cols >=
+    n_rows``): each atom starts at its own randomly chosen candidate."""
+    pick = torch.randperm(n_cols, generator=generator)[:n_rows]
+    return F.one_hot(pick, n_cols).float()
+
+
+def random_ball_rows(
+    n_rows: int, d: int, radius: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """(n_rows, d) rows drawn uniformly in the ball of ``radius``: a Gaussian direction scaled
+    to ``radius · U^(1/d)``."""
+    direction = torch.randn(n_rows, d, generator=generator)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    radii = radius * torch.rand(n_rows, 1, generator=generator).pow(1.0 / d)
+    return direction * radii

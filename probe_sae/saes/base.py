@@ -116,9 +116,13 @@ class SAE(nn.Module):
         config = config.resolve(d_model)  # checks d_model
         n_concepts = int(config.n_concepts)  # type: ignore[arg-type]
         if isinstance(dictionary, ArchetypalDictionary):
+            # δ and the candidates come from the dictionary; the start it was drawn from is the
+            # config's (a loaded dictionary is rebuilt with placeholder weights)
+            recorded = config.archetypal_dictionary
+            init = recorded.init if recorded is not None else dictionary.init
             config = dataclasses.replace(  # type: ignore[call-arg]
                 config,
-                archetypal=ArchetypalConfig(dictionary.delta, dictionary.n_candidates),
+                archetypal=ArchetypalConfig(dictionary.delta, dictionary.n_candidates, init),
             )
         elif config.archetypal_dictionary is not None:
             raise ValueError(
@@ -251,11 +255,59 @@ class SAE(nn.Module):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- save / load
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into the folder ``path``."""
-        from probe_sae.saes.io import save_sae
+    def save_pretrained(self, path: str | Path, format: str = "probe_sae") -> Path:
+        """Write the SAE into the folder ``path``; returns the folder.
 
-        return save_sae(self, path)
+        ``format="probe_sae"`` (the default) writes ``config.json`` + ``model.safetensors``
+        (:func:`probe_sae.saes.io.save_sae`); ``format="saelens"`` writes SAELens's ``cfg.json``
+        + ``sae_weights.safetensors`` (:func:`probe_sae.saes.saelens.save_saelens`: ReLU, TopK,
+        BatchTopK, JumpReLU and MP-SAE only). ``load_sae`` reads both.
+        """
+        if format == "probe_sae":
+            from probe_sae.saes.io import save_sae
+
+            return save_sae(self, path)
+        if format == "saelens":
+            from probe_sae.saes.saelens import save_saelens
+
+            return save_saelens(self, path)
+        raise ValueError(
+            f"unknown SAE format {format!r}: choose 'probe_sae' (config.json + "
+            "model.safetensors, the default) or 'saelens' (cfg.json + sae_weights.safetensors)"
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        subfolder: str | None = None,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        metrics: Any = None,
+        training_log: Any = None,
+    ) -> Any:
+        """Upload the SAE to the Hugging Face Hub repo ``repo_id`` (``"org/name"``, created if
+        needed), at its root or in ``subfolder``: ``config.json`` + ``model.safetensors`` and a
+        generated ``README.md`` model card; ``load_sae("hf:org/name[/subfolder]")`` loads it.
+
+        ``metrics`` (an ``EvalReport`` or a mapping with ``fvu``, ``l0``, ``dead_fraction``) and
+        ``training_log`` (``TrainResult.metrics`` or a ``training_log.json``) fill the card's
+        figures; see :func:`probe_sae.hub.push_sae`, which this calls. Returns the commit's
+        ``CommitInfo``.
+        """
+        from probe_sae.hub import push_sae
+
+        return push_sae(
+            self,
+            repo_id,
+            subfolder,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            metrics=metrics,
+            training_log=training_log,
+        )
 
 
 def mse(x_hat: Tensor, x: Tensor) -> Tensor:

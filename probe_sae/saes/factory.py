@@ -1,9 +1,10 @@
 """Building SAEs from their configs or by family name, and rebuilding them from a saved config.
 
 Family names are the registered configs' (``relu``, ``topk``, ``batchtopk``, ``jumprelu``,
-``mp``) and two names for archetypal SAEs (Fel et al. 2025): ``asae`` and ``rasae`` are a
-linear-encoder family (TopK, as in the paper, unless ``encoder=`` says otherwise) over an
-archetypal dictionary with δ = 0 and δ > 0.
+``mp``, ``matryoshka``) and names for archetypal SAEs (Fel et al. 2025): ``asae`` and ``rasae``
+are a linear-encoder family (TopK, as in the paper, unless ``encoder=`` says otherwise) over an
+archetypal dictionary with δ = 0 and δ > 0; ``matryoshka_asae`` and ``matryoshka_rasae`` are
+the same over a Matryoshka SAE.
 """
 
 from __future__ import annotations
@@ -22,18 +23,27 @@ from probe_sae.saes.batchtopk import BatchTopKSAE
 from probe_sae.saes.config import LinearEncoderConfig, SAEConfig, registered_families
 from probe_sae.saes.dictionary import Dictionary
 from probe_sae.saes.jumprelu import JumpReLUSAE
+from probe_sae.saes.matryoshka import MatryoshkaSAE
 from probe_sae.saes.mp import MPSAE
 from probe_sae.saes.relu import ReLUSAE
 from probe_sae.saes.topk import TopKSAE
 
 #: the SAE class of each family
 FAMILIES: dict[str, type[SAE]] = {
-    cls.family: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MPSAE)
+    cls.family: cls
+    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MPSAE, MatryoshkaSAE)
 }
 #: archetypal SAEs by name: the δ they are defined with (A-SAE: 0)
-ARCHETYPAL = {"asae": 0.0, "rasae": ArchetypalConfig.delta}
+ARCHETYPAL = {
+    "asae": 0.0,
+    "rasae": ArchetypalConfig.delta,
+    "matryoshka_asae": 0.0,
+    "matryoshka_rasae": ArchetypalConfig.delta,
+}
 #: the encoder family of ``asae`` / ``rasae`` unless ``encoder=`` is given (the paper's)
 DEFAULT_ARCHETYPAL_ENCODER = "topk"
+#: archetypal names whose encoder family is fixed by the name
+FIXED_ARCHETYPAL_ENCODER = {"matryoshka_asae": "matryoshka", "matryoshka_rasae": "matryoshka"}
 
 
 def available_families() -> list[str]:
@@ -54,19 +64,30 @@ def family_config(family: str, **fields: Any) -> SAEConfig:
     """The config of ``family`` with ``fields`` set (``family_config("topk", k=16)``).
 
     ``"asae"`` / ``"rasae"`` give the ``encoder`` family's config (default ``"topk"``) with an
-    archetypal dictionary; ``delta`` and ``n_candidates`` go to that dictionary.
+    archetypal dictionary, ``"matryoshka_asae"`` / ``"matryoshka_rasae"`` the Matryoshka
+    config with one; ``delta``, ``n_candidates`` and ``init`` go to that dictionary.
     """
     name = family.lower()
     if name in ARCHETYPAL:
-        encoder = fields.pop("encoder", DEFAULT_ARCHETYPAL_ENCODER)
+        if name in FIXED_ARCHETYPAL_ENCODER and "encoder" in fields:
+            raise ConfigError(
+                f"{name} has the {FIXED_ARCHETYPAL_ENCODER[name]} encoder; for another one use "
+                f"{name.rsplit('_', 1)[1]!r} with encoder="
+            )
+        default_encoder = FIXED_ARCHETYPAL_ENCODER.get(name, DEFAULT_ARCHETYPAL_ENCODER)
+        encoder = fields.pop("encoder", default_encoder)
         if encoder not in archetypal_encoders():
             raise ConfigError(f"encoder must be one of {archetypal_encoders()}, got {encoder!r}")
         delta = fields.pop("delta", ARCHETYPAL[name])
-        if name == "asae" and delta not in (0, 0.0):
-            raise ConfigError("asae has delta = 0 by definition; use 'rasae' for delta > 0")
-        if name == "rasae" and delta <= 0:
-            raise ConfigError("rasae needs delta > 0; use 'asae' for delta = 0")
-        archetypal = ArchetypalConfig(delta, fields.pop("n_candidates", None))
+        other = name.replace("rasae", "asae") if "rasae" in name else name.replace("asae", "rasae")
+        if ARCHETYPAL[name] == 0 and delta not in (0, 0.0):
+            raise ConfigError(f"{name} has delta = 0 by definition; use {other!r} for delta > 0")
+        if ARCHETYPAL[name] > 0 and delta <= 0:
+            raise ConfigError(f"{name} needs delta > 0; use {other!r} for delta = 0")
+        dictionary = {
+            f.name: fields.pop(f.name) for f in config_fields(ArchetypalConfig) if f.name in fields
+        }
+        archetypal = ArchetypalConfig(**{**dictionary, "delta": delta})
         return _with_fields(family_config(encoder, **fields), archetypal=archetypal)
     if name not in FAMILIES:
         raise ConfigError(f"unknown SAE family {family!r}; choose one of {available_families()}")
@@ -131,7 +152,13 @@ def build_sae(
                 f"the config asks for {archetypal.n_candidates} candidates, got "
                 f"{candidates.shape[0]}"
             )
-        dictionary = ArchetypalDictionary(candidates, int(config.n_concepts), archetypal.delta)
+        dictionary = ArchetypalDictionary(
+            candidates,
+            int(config.n_concepts),
+            archetypal.delta,
+            init=archetypal.init,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
     elif candidates is not None:
         raise ValueError(
             f"candidates= is for archetypal dictionaries; {config.family} has a free one "

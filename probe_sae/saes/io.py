@@ -319,11 +319,26 @@ def load_sae(
 ) -> SAE:
     """Load an SAE saved by ``save_pretrained`` (any family, free or archetypal dictionary).
 
+    ``path`` is a folder, or an SAE on the Hugging Face Hub, ``"hf:org/repo"`` or
+    ``"hf:org/repo/sub/folder"`` with an optional ``@revision``, read through the
+    huggingface_hub cache (:func:`probe_sae.hub.download_sae`; offline, only the cache).
+
     Raises :class:`SAEFormatError` naming the file and the fix when the folder is not a
     complete, consistent SAE (missing or corrupted files, another format version, or a
     config and weights from two different saves).
+
+    An SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, no ``config.json``) is read
+    as its probe_sae equivalent by :func:`probe_sae.saes.saelens.load_saelens`.
     """
+    if isinstance(path, str) and path.startswith("hf:"):
+        from probe_sae.hub import download_sae
+
+        path = download_sae(path)
     folder = Path(path)
+    from probe_sae.saes import saelens  # imports this module
+
+    if saelens.is_saelens_folder(folder):
+        return saelens.load_saelens(folder, device=device, dtype=dtype)
     cfg = _read_config(folder)
     state, metadata = _read_weights(folder)
     _check_same_save(folder, cfg, metadata)

@@ -14,6 +14,14 @@ and no one-hot matrices). The differentiable path then replays the k steps on th
 atoms only, so gradients flow through the coefficients and the residual chain into D and
 b_pre, and not through the argmax. The loss is the plain MSE (k sets the sparsity).
 
+Stopping early (adaptive L0). ``k`` is the most steps a token takes; a token may stop sooner
+when its residual norm falls below ``residual_threshold`` (relative to ‖x − b_pre‖, or
+absolute: ``threshold_mode``), and, with ``stop_on_reselect``, right after the first step that
+re-selects an atom it already chose (that step is taken: it refines the atom's coefficient at
+no cost in L0). These are the classic matching-pursuit stopping rules, and those of SAELens's
+MP-SAE. With the defaults (threshold 0, no reselect stop) every token takes ``k`` steps,
+computed exactly as without them.
+
 Bound on k. Each step costs a gather over the Gram matrix and keeps an (N, d) atom and
 residual for the backward, and the residual shrinks geometrically, so ``k`` (in the config
 or at inference) is capped at ``MAX_STEPS_PER_WIDTH × d_model`` steps: enough to re-select
@@ -22,13 +30,16 @@ atoms well past ``k = d``, and an error instead of minutes of work for a mistype
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from probe_sae.config import ConfigError
 from probe_sae.saes.base import SAE, SAEOutput, mse
 from probe_sae.saes.config import SparsityConfig
 from probe_sae.saes.dictionary import Dictionary, FreeDictionary
@@ -61,6 +72,55 @@ def select_atoms(x_c_ND: Tensor, atoms_CD: Tensor, k: int) -> tuple[Tensor, Tens
     return indices, active
 
 
+@torch.no_grad()
+def select_atoms_adaptive(
+    x_c_ND: Tensor,
+    atoms_CD: Tensor,
+    k: int,
+    min_residual_N: Tensor | None,
+    stop_on_reselect: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`select_atoms` where each token stops early: before a step once its residual norm
+    is below ``min_residual_N`` (N,), and after the first step that re-selects an atom (with
+    ``stop_on_reselect``). A token whose best correlation is not positive stops too (its
+    residual would no longer change).
+
+    Returns indices and active, both (N, T) with T <= k the most steps any token took; the
+    steps a token did not take are inactive.
+    """
+    n_tokens = x_c_ND.shape[0]
+    gram_CC = atoms_CD @ atoms_CD.T
+    corr_NC = x_c_ND @ atoms_CD.T
+    residual_ND = x_c_ND.clone() if min_residual_N is not None else None
+    chosen_NC = torch.zeros_like(corr_NC, dtype=torch.bool) if stop_on_reselect else None
+    running_N = torch.ones(n_tokens, dtype=torch.bool, device=x_c_ND.device)
+    tokens_N = torch.arange(n_tokens, device=x_c_ND.device)
+    rows_NC = torch.empty_like(corr_NC)
+    indices, active = [], []
+    for _ in range(k):
+        if residual_ND is not None:
+            running_N &= torch.linalg.vector_norm(residual_ND, dim=1) >= min_residual_N
+        best, j = corr_NC.max(dim=1)
+        running_N &= best > 0
+        if not bool(running_N.any()):
+            break
+        indices.append(j)
+        active.append(running_N.clone())
+        coef = (best * running_N).unsqueeze(1)
+        torch.index_select(gram_CC, 0, j, out=rows_NC)
+        corr_NC.sub_(rows_NC.mul_(coef))
+        if residual_ND is not None:
+            residual_ND.sub_(atoms_CD.index_select(0, j).mul_(coef))
+        if chosen_NC is not None:
+            repeated = chosen_NC[tokens_N, j] & running_N
+            chosen_NC[tokens_N, j] |= running_N
+            running_N &= ~repeated
+    if not indices:
+        empty = torch.empty(n_tokens, 0, device=x_c_ND.device)
+        return empty.long(), empty.bool()
+    return torch.stack(indices, dim=1), torch.stack(active, dim=1)
+
+
 def pursue(
     x_c_ND: Tensor, atoms_CD: Tensor, indices_NK: Tensor, active_NK: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -68,6 +128,8 @@ def pursue(
 
     Returns the coefficients (N, k) and the final residual (N, d).
     """
+    if indices_NK.shape[1] == 0:  # every token stopped before its first step
+        return x_c_ND.new_zeros(x_c_ND.shape[0], 0), x_c_ND
     # (k, N, d), unbound per step: the backward stacks the k step gradients once, instead of
     # materialising a zero (N, k, d) gradient for every step as slicing would.
     chosen_KND = F.embedding(indices_NK.T, atoms_CD)
@@ -84,16 +146,47 @@ def pursue(
 @dataclass(frozen=True)
 class MPConfig(SparsityConfig):
     """Matching-pursuit SAE (Costa, Fel et al. 2025); ``k`` is the number of pursuit steps,
-    at most ``MAX_STEPS_PER_WIDTH × d_model``."""
+    at most ``MAX_STEPS_PER_WIDTH × d_model``; a token may stop sooner (adaptive L0) when its
+    residual is small enough or an atom comes back."""
 
     family = "mp"
+
+    residual_threshold: float = 0.0
+    """Stop a token's pursuit before any step once its residual norm is below this (0: never;
+    measured as threshold_mode says); k stays the most steps."""
+    threshold_mode: Literal["relative", "absolute"] = "relative"
+    """residual_threshold as a fraction of the token's ‖x − b_pre‖ (relative) or as a norm in
+    the SAE's normalised space (absolute)."""
+    stop_on_reselect: bool = False
+    """Stop a token's pursuit after the first step that re-selects an atom it already chose."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.residual_threshold >= 0:  # also refuses NaN
+            raise ConfigError(
+                f"residual_threshold must be >= 0, got {self.residual_threshold}: 0 never stops "
+                "early; e.g. 0.1 stops a token once 10 % of its norm is left (relative mode)"
+            )
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ConfigError(
+                f"threshold_mode must be one of {list(THRESHOLD_MODES)}, got "
+                f"{self.threshold_mode!r}"
+            )
+
+
+#: how :attr:`MPConfig.residual_threshold` is measured
+THRESHOLD_MODES = ("relative", "absolute")
+#: the stopping options ``MPSAE.encode`` / ``forward`` take besides ``k``
+STOPPING_OPTIONS = ("residual_threshold", "threshold_mode", "stop_on_reselect")
 
 
 class MPSAE(SAE):
     """Matching-pursuit SAE: ``k`` greedy steps over a unit-norm dictionary.
 
     ``encode(x, k=...)`` and ``forward(x, k=...)`` take another number of steps at inference,
-    from 1 to ``max_steps = MAX_STEPS_PER_WIDTH × d_model``.
+    from 1 to ``max_steps = MAX_STEPS_PER_WIDTH × d_model``, and likewise
+    ``residual_threshold=``, ``threshold_mode=`` and ``stop_on_reselect=`` override the
+    config's stopping rules (see :class:`MPConfig`).
     """
 
     family = "mp"
@@ -135,18 +228,47 @@ class MPSAE(SAE):
             )
         return int(k)
 
-    def _pursuit(self, x_c: Tensor, k: int | None) -> tuple[SparseCodes, Tensor]:
+    def _pursuit(self, x_c: Tensor, k: int | None, **stopping: Any) -> tuple[SparseCodes, Tensor]:
         steps = self.k if k is None else self.check_steps(k)
         atoms = self.decoder.atoms()
-        indices, active = select_atoms(x_c.detach(), atoms.detach(), steps)
+        rule = self._stopping_rule(stopping)
+        if rule is None:
+            indices, active = select_atoms(x_c.detach(), atoms.detach(), steps)
+        else:
+            threshold, mode, reselect = rule
+            x_d = x_c.detach()
+            min_residual = None
+            if threshold > 0:
+                norms = torch.linalg.vector_norm(x_d, dim=1)
+                min_residual = threshold * (norms if mode == "relative" else torch.ones_like(norms))
+            indices, active = select_atoms_adaptive(
+                x_d, atoms.detach(), steps, min_residual, reselect
+            )
         coefs, residual = pursue(x_c, atoms, indices, active)
         return SparseCodes.from_fixed(coefs, indices, self.n_concepts, unique=False), residual
 
-    def _encode(self, x_c: Tensor, k: int | None = None) -> SparseCodes:
-        return self._pursuit(x_c, k)[0]
+    def _stopping_rule(self, options: dict[str, Any]) -> tuple[float, str, bool] | None:
+        """(residual_threshold, threshold_mode, stop_on_reselect) from the config, overridden
+        by ``options``; ``None`` when no token can stop before ``k`` steps."""
+        unknown = sorted(set(options) - set(STOPPING_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"MPSAE takes k= and the stopping options {list(STOPPING_OPTIONS)}, not {unknown}"
+            )
+        config = self.config
+        if options:
+            config = dataclasses.replace(config, **options)  # validates the values
+        if config.residual_threshold == 0 and not config.stop_on_reselect:
+            return None
+        return config.residual_threshold, config.threshold_mode, config.stop_on_reselect
 
-    def _forward(self, x_n: Tensor, *, dead_mask: Tensor | None, k: int | None = None) -> SAEOutput:
-        codes, residual = self._pursuit(x_n - self.b_pre, k)
+    def _encode(self, x_c: Tensor, k: int | None = None, **stopping: Any) -> SparseCodes:
+        return self._pursuit(x_c, k, **stopping)[0]
+
+    def _forward(
+        self, x_n: Tensor, *, dead_mask: Tensor | None, k: int | None = None, **stopping: Any
+    ) -> SAEOutput:
+        codes, residual = self._pursuit(x_n - self.b_pre, k, **stopping)
         x_hat = x_n - residual  # = b_pre + Σ_t coef_t · D_{j_t}
         rec = mse(x_hat, x_n)
         return SAEOutput(x_hat, rec, {"mse": rec.detach()}, sparse_codes=codes)
