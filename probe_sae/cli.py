@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -159,6 +160,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result, folders = train_run(
         run, resume=args.resume, model=model, allow_changes=args.allow_changes
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     print(f"trained {', '.join(folders)} on {model.name} {layer} over {run.images}:")
     print(f"{result.steps} steps, {result.tokens:,} tokens; run config: {Path(run.out) / RUN_CONFIG_NAME}")
     for name, folder in folders.items():

@@ -40,6 +40,7 @@ from probe_sae.stream import (
 )
 from probe_sae.train import TrainConfig, TrainResult
 from probe_sae.train.api import train_from_source
+from probe_sae.train.distributed import current_ranks, init_distributed
 
 #: the checkpoints of a run go here, inside its output folder, unless checkpoint_dir is set
 CHECKPOINTS = "checkpoints"
@@ -254,7 +255,7 @@ def _folder_images(spec: str) -> ImageSet:
     path, options = _spec_options(spec, ("labels",), spec)
     folder = Path(path)
     if not folder.is_dir():
-        raise ConfigError(f"no folder {path!r}. Image specs: {IMAGE_SPECS}")
+        raise ConfigError(f"no folder {path!r}: pass a folder of images, or another image spec: {IMAGE_SPECS}")
     labels_file: Path | None
     if "labels" in options:
         labels_file = Path(options["labels"])
@@ -287,12 +288,25 @@ def train_run(
     ``resume`` continues a checkpoint folder; ``allow_changes`` names the settings that may
     differ from the checkpoint's (``"max_steps"`` to extend a run; see ``Trainer.run``).
     With ``run.cache`` the model runs over the images once (see :func:`cached_source`).
+
+    Under ``torchrun`` it joins the process group from the environment, each rank streams its
+    part of the images (:func:`~probe_sae.data.shard_images`), and rank 0 alone writes
+    ``run.json``, the checkpoints and the SAEs (every rank returns their folders).
     """
+    init_distributed(run.train.collective_timeout)
+    ranks = current_ranks()
+    main = ranks is None or ranks.is_main
     model = model if model is not None else load_model(run.model)
     layer = resolve_layer(model, run.layer)
     images = parse_images(run.images)
+    _count_if_needed(images, run.train)
+    if ranks is not None:
+        from probe_sae.data.sharding import shard_images
+
+        images = replace(images, source=shard_images(images.source))
     out = Path(run.out)
-    write_run_config(run, out)
+    if main:
+        write_run_config(run, out)
     train = run.train
     if train.checkpoint_every and train.checkpoint_dir is None:
         train = replace(train, checkpoint_dir=str(out / CHECKPOINTS))
@@ -304,7 +318,23 @@ def train_run(
     result = train_from_source(
         dict(run.saes), source, train, resume=resume, allow_changes=allow_changes
     )
-    return result, result.save(out)
+    if ranks is None:
+        return result, result.save(out)
+    save = lambda: result.save(out)  # noqa: E731
+    return result, ranks.on_main("the trained SAEs", save)
+
+
+def _count_if_needed(images: ImageSet, train: TrainConfig) -> None:
+    """Learn the number of images of a source that knows it only after a pass (WebDataset
+    shards: ``scan()`` reads every shard once, decoding nothing) when the run's length comes from
+    its epochs, i.e. neither ``max_steps`` nor ``max_tokens`` is set."""
+    source = images.source
+    scan = getattr(source, "scan", None)
+    if scan is None or getattr(source, "length", 0) is not None:
+        return
+    if train.max_steps is None and train.max_tokens is None:
+        print(f"counting the samples of {images.description} (set --max-steps to skip this pass)")
+        scan()
 
 
 def final_figures(result: TrainResult, name: str) -> str:
@@ -341,7 +371,11 @@ def cached_source(
     """The run's tokens from its cache folder: captured first (one pass of ``run.stream`` over
     the images, through :func:`~probe_sae.stream.write_cache`, float32) unless the folder
     already holds the cache of the same model, layer, tokens and images; then read
-    ``run.stream.epochs`` times, shuffled with ``run.stream.seed``."""
+    ``run.stream.epochs`` times, shuffled with ``run.stream.seed``.
+
+    In a distributed run ``images`` is this rank's part: every rank writes its own shards and
+    rank 0 the manifest (:func:`~probe_sae.stream.write_cache`), then each rank reads every
+    ``world_size``-th shard. The groups are pinned in memory when the SAEs train on a GPU."""
     stream = ActivationStream(model, images.source, layer, replace(run.stream, epochs=1))
     key = stream.layer_keys[0]
     wanted = json.loads(json.dumps({"images": run.images, "provenance": stream.describe(key)}))
@@ -355,12 +389,15 @@ def cached_source(
             )
     finally:
         stream.close()
+    device = run.train.device or (run.train.sae_devices or ("cpu",))[0]
+    options: dict[str, Any] = {"pin_memory": True} if device.startswith("cuda") else {}
     return CachedRunTokens(
         folder,
         wanted["provenance"],
         batch_size=run.stream.batch_size,
         epochs=run.stream.epochs,
         seed=run.stream.seed,
+        **options,
     )
 
 

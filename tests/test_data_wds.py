@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import sys
 import warnings
 
@@ -271,3 +272,20 @@ def test_a_missing_webdataset_package_names_the_extra(shards, monkeypatch):
         parse_images(f"wds:{_pattern(shards)}")
     with pytest.raises(ImportError, match=r"reading WebDataset shards needs .*'webdataset'"):
         WebDatasetImages([str(shards / "shards-000.tar")])
+
+
+def test_train_counts_the_samples_when_its_length_comes_from_epochs(shards, tmp_path, capsys):
+    """`probe-sae train --images wds:...` without --max-steps: one pass counts the samples, then
+    the run lasts its epochs (the length is unknown until then)."""
+    from probe_sae.cli import main
+
+    argv = ["train", "organism", "--layer", "blocks.2", "--images", f"wds:{_pattern(shards)}"]
+    argv += ["--sae", "topk", "--n-concepts", "32", "--k", "4", "--batch-size", "64"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short run, and the corrupt sample
+        assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "counting the samples of" in out
+    steps = int(re.search(r"^(\d+) steps", out, re.M).group(1))
+    # one epoch: every readable sample (the corrupt one is skipped), 69 tokens each
+    assert steps == ((N - 1) * 69) // 64, out

@@ -133,7 +133,9 @@ def _stated_fvus() -> tuple[dict[str, float], float]:
 def test_command_line_block_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     commands = [c for c in shell_commands(CLI_BLOCK) if not c.startswith("probe-sae bench")]
-    assert [c.split()[1] for c in commands] == ["layers", "train", "train", "eval", "report"]
+    assert [c.split()[1] for c in commands] == [
+        "layers", "train", "train", "eval", "report", "browse"
+    ]
     assert "blocks.2" in _run(commands[0], capsys)
     # the train example gives good SAEs, and the README states what it prints
     fvus = _fvus(_run(commands[1], capsys))
@@ -146,6 +148,8 @@ def test_command_line_block_runs(tmp_path, monkeypatch, capsys):
     assert "| FVU |" in _run(commands[3], capsys)
     _run(commands[4], capsys)
     assert (tmp_path / "report.html").stat().st_size > 0
+    _run(commands[5], capsys)
+    assert (tmp_path / "browser" / "index.html").is_file()
 
 
 # slow: even --quick takes 30-36 s on 2 cores, which puts this file over its 120 s budget; the

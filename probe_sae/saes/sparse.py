@@ -122,6 +122,9 @@ class _SelectedLinear(torch.autograd.Function):
     def backward(ctx, grad_E):  # type: ignore[override]
         x_ND, center_D, weight_CD, indices_E, offsets_N, tokens_E = ctx.saved_tensors
         grad_x = grad_center = grad_w = grad_b = None
+        # under autocast the entries (and so their gradient) may be bf16 while the weights are
+        # fp32: the gradients are computed in the weights' dtype (a no-op without autocast)
+        grad_E = grad_E.to(weight_CD.dtype)
         n_concepts = weight_CD.shape[0]
         grad_C = grad_E.new_zeros(n_concepts).index_add_(0, indices_E, grad_E)
         if ctx.needs_input_grad[0]:
@@ -137,7 +140,7 @@ class _SelectedLinear(torch.autograd.Function):
             counts = torch.bincount(indices_E, minlength=n_concepts)
             grad_w = F.embedding_bag(
                 tokens_E[order],
-                x_ND - center_D,
+                (x_ND - center_D).to(weight_CD.dtype),
                 torch.cumsum(counts, 0) - counts,
                 mode="sum",
                 per_sample_weights=grad_E[order],

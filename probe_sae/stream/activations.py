@@ -20,6 +20,7 @@ collection, and whenever reading a batch raises (a KeyboardInterrupt included).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -309,7 +310,8 @@ class ActivationStream:
         if not readable:
             return _Captured(key, len(images), [], {}, 0, None)
         pixels = to_batch([im for _, im in readable], self.model.preprocess)
-        captured = capture(self.model, pixels, list(self.layer_specs.values()), self.tokens)
+        with self._autocast():
+            captured = capture(self.model, pixels, list(self.layer_specs.values()), self.tokens)
         first = captured[self._capture_key(self.layer_keys[0])]
         return _Captured(
             key,
@@ -319,6 +321,13 @@ class ActivationStream:
             first.tokens_per_image,
             first.token_index[: first.tokens_per_image],
         )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """``torch.autocast`` in ``config.autocast`` on the model's device type (none: float32)."""
+        if self.config.autocast is None:
+            return contextlib.nullcontext()
+        device_type = torch.device(getattr(self.model, "device", "cpu")).type
+        return torch.autocast(device_type, dtype=getattr(torch, self.config.autocast))
 
     def _note_unreadable(self, order: Tensor | None, position: int, images: list[Any]) -> None:
         """Count the unreadable images of a batch (once per epoch, even when a batch is read

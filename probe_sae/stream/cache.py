@@ -6,6 +6,11 @@ Layout of a cache folder::
     shard-00000.<layer>.bin           raw little-endian rows (count × width) per hooked layer
     ...
 
+Under ``torch.distributed`` (``torchrun``) every rank drains its own stream into its own
+shards (``shard-r<rank>-<index>.<layer>.bin``) and rank 0 writes the one manifest listing
+every rank's shards; :class:`CachedTokens` reads such a cache like any other, and in a
+distributed run each rank reads a disjoint subset of the shards (every ``world_size``-th).
+
 Shards are plain memory-mappable arrays (fp16 or fp32), written to temporary names and
 renamed into place, with their SHA-256 in the manifest, which is written last: a folder
 with a manifest is complete. :class:`CachedTokens` reads shards sequentially, a group of
@@ -33,6 +38,7 @@ from probe_sae._atomic import atomic_write
 from probe_sae.constants import CACHE_FORMAT as FORMAT
 from probe_sae.constants import CACHE_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.constants import CACHE_MANIFEST_NAME
+from probe_sae.data.sharding import distributed_rank
 from probe_sae.stream.tokens import TokenSource
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -57,7 +63,12 @@ def write_cache(
     Non-finite tokens are dropped and counted in the manifest (``"nonfinite_tokens"``).
     ``metadata`` (model spec, layer, token selection...) is stored in the manifest; for an
     ``ActivationStream`` it is filled in from the stream.
+
+    In a ``torch.distributed`` run every rank calls it with its own source (its part of the
+    images): each writes its shards, rank 0 the single manifest, and every rank returns once
+    the manifest is written.
     """
+    rank, world_size = distributed_rank()
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     out = Path(folder)
@@ -84,7 +95,8 @@ def write_cache(
         entry: dict[str, Any] = {"count": n_pending, "files": {}}
         for layer, parts in pending.items():
             rows = np.ascontiguousarray(np.concatenate(parts).astype(np_dtype))
-            name = f"shard-{index:05d}.{_safe(layer)}.bin"
+            stem = f"shard-{index:05d}" if world_size == 1 else f"shard-r{rank:03d}-{index:05d}"
+            name = f"{stem}.{_safe(layer)}.bin"
             atomic_write(out / name, rows.tofile)
             sha = hashlib.sha256(rows.tobytes()).hexdigest()
             digest.update(sha.encode())
@@ -113,6 +125,8 @@ def write_cache(
             flush()
     flush()
     bar.close()
+    if world_size > 1:
+        shards, total, nonfinite, digest = _gather_shards(shards, total, nonfinite, rank)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -124,9 +138,39 @@ def write_cache(
         "shards": shards,
         **info,
     }
+    if world_size > 1:
+        manifest["ranks"] = world_size
     text = json.dumps(manifest, indent=1)
-    atomic_write(out / CACHE_MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+    if rank == 0:
+        atomic_write(out / CACHE_MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the manifest exists for every rank from here on
     return out
+
+
+def _gather_shards(
+    shards: list[dict[str, Any]], total: int, nonfinite: int, rank: int
+) -> tuple[list[dict[str, Any]], int, int, Any]:
+    """Every rank's shard entries (rank order, each tagged with its rank), token and
+    non-finite counts, and the digest over all of them, on every rank."""
+    import torch.distributed as dist
+
+    mine = {"shards": [{**s, "rank": rank} for s in shards], "total": total, "bad": nonfinite}
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    all_shards = [s for part in every for s in part["shards"]]
+    digest = hashlib.sha256()
+    for shard in all_shards:
+        for entry in shard["files"].values():
+            digest.update(entry["sha256"].encode())
+    return (
+        all_shards,
+        sum(p["total"] for p in every),
+        sum(p["bad"] for p in every),
+        digest,
+    )
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -212,6 +256,11 @@ class CachedTokens:
     Each epoch visits the shards in a seeded order, ``shards_per_group`` at a time; a group's
     tokens are permuted together and served in batches (the last partial batch of a group is
     dropped). Implements the :class:`~probe_sae.stream.tokens.TokenSource` protocol.
+
+    ``rank`` of ``world_size`` readers reads the shards ``rank, rank + world_size, ...`` only
+    (default: those of the initialised ``torch.distributed`` group, else all shards).
+    ``pin_memory`` keeps each group in page-locked memory, for fast non-blocking copies to a
+    GPU.
     """
 
     def __init__(
@@ -223,11 +272,26 @@ class CachedTokens:
         epochs: int | None = 1,
         seed: int = 0,
         verify: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         if not self.manifest["shards"]:
             raise ValueError(f"the cache {self.folder} is empty")
+        if rank is None or world_size is None:
+            rank, world_size = distributed_rank()
+        n_shards = len(self.manifest["shards"])
+        if n_shards < world_size:
+            raise ValueError(
+                f"the cache {self.folder} has {n_shards} shard(s) for {world_size} ranks: every "
+                "rank reads whole shards; write it again with a smaller shard_tokens, or run "
+                "fewer ranks"
+            )
+        #: the manifest indices of the shards this reader serves
+        self.shard_ids = list(range(rank, n_shards, world_size))
+        self.pin_memory = pin_memory
         self.batch_size, self.shards_per_group = int(batch_size), max(int(shards_per_group), 1)
         self.epochs, self.seed = epochs, int(seed)
         self.epoch = self.group = self.batch_index = 0
@@ -276,7 +340,9 @@ class CachedTokens:
 
     def _groups(self) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.manifest["shards"]), generator=gen).tolist()
+        order = [
+            self.shard_ids[i] for i in torch.randperm(len(self.shard_ids), generator=gen).tolist()
+        ]
         g = self.shards_per_group
         return [order[i : i + g] for i in range(0, len(order), g)]
 
@@ -294,6 +360,8 @@ class CachedTokens:
         )
         perm = torch.randperm(n, generator=gen)
         self._pool = {k: v[perm] for k, v in pool.items()}
+        if self.pin_memory and torch.cuda.is_available():
+            self._pool = {k: v.pin_memory() for k, v in self._pool.items()}
 
     def next_batch(self) -> dict[str, Tensor] | None:
         while True:

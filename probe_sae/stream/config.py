@@ -11,6 +11,9 @@ from torch import Tensor
 from probe_sae.config import ConfigError
 from probe_sae.models.layout import NAMED_SELECTIONS
 
+#: dtypes ``StreamConfig.autocast`` runs the model forward in
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -35,6 +38,8 @@ class StreamConfig:
     num_workers: int | None = None
     """Processes that read and preprocess images ahead of the model; default: up to 4 when
     the model is on a GPU, none on CPU."""
+    autocast: str | None = None
+    """Run the model forward under torch.autocast in this dtype (bfloat16, float16); the tokens keep that dtype until the SAE step."""
 
     def __post_init__(self) -> None:
         tokens = self.tokens
@@ -52,5 +57,9 @@ class StreamConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"epochs must be positive or none (endless), got {self.epochs}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(
+                f"autocast must be one of {AUTOCAST_DTYPES} or none (float32), got {self.autocast!r}"
+            )
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")

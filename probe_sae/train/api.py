@@ -21,6 +21,7 @@ from probe_sae.saes.archetypal import ArchetypalConfig
 from probe_sae.stream import ActivationStream, CachedTokens, StreamConfig
 from probe_sae.stream.tokens import TokenSource
 from probe_sae.train.config import TrainConfig
+from probe_sae.train.distributed import current_ranks, init_distributed
 from probe_sae.train.trainer import SAETarget, Trainer, TrainResult
 
 #: what ``train_sae(sae=...)`` takes for one SAE
@@ -177,6 +178,11 @@ def train_sae(
         fields: any field of the configs above by name, set wherever it applies
             (``n_concepts=512, k=16, batch_size=256, epochs=2, lr=1e-3, seed=0``).
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined from the environment
+    (:func:`~probe_sae.train.distributed.init_distributed`), each rank streams its own part of
+    ``images`` (:func:`~probe_sae.data.shard_images`; ``batch_size`` is per rank) and the SAEs
+    are trained data-parallel; see the how-to "Train at scale".
+
     Returns:
         A :class:`TrainResult`; ``result.saes`` maps run names (the family names) to SAEs.
 
@@ -188,6 +194,11 @@ def train_sae(
     saes, stream_config, train_config = apply_fields(
         named_saes(sae), stream or StreamConfig(), train or TrainConfig(), fields
     )
+    init_distributed(train_config.collective_timeout)
+    if current_ranks() is not None:
+        from probe_sae.data.sharding import shard_images
+
+        images = shard_images(images)
     source = ActivationStream(model, images, layer, stream_config)
     return train_from_source(saes, source, train_config, resume=resume, allow_changes=allow_changes)
 
@@ -201,7 +212,10 @@ def train_from_source(
 ) -> TrainResult:
     """Train the named SAEs on the first layer of an activation stream or cache; ``max_steps``
     defaults to the source's epochs (over its images, or over the cache). ``resume`` and
-    ``allow_changes`` are those of :meth:`~probe_sae.train.trainer.Trainer.run`."""
+    ``allow_changes`` are those of :meth:`~probe_sae.train.trainer.Trainer.run`.
+
+    In a distributed run the source is this rank's part and ``max_steps`` defaults to the
+    fewest steps of any rank's part."""
     if config.max_steps is None:
         try:
             steps = steps_for_epochs(source, source.epochs, source.batch_size)
@@ -209,6 +223,9 @@ def train_from_source(
             if config.max_tokens is None:
                 raise
         else:
+            ranks = current_ranks()
+            if ranks is not None:
+                steps = ranks.all_reduce_min(steps, "the number of steps of each rank's part")
             config = dataclasses.replace(config, max_steps=steps)
     key = source.layer_keys[0] if isinstance(source, ActivationStream) else next(
         iter(source.widths())

@@ -55,6 +55,11 @@ ALWAYS_ALLOWED = (
     "train.keep_checkpoints",
     "train.checkpoint_dir",
     "train.summary_tokens",
+    "train.device",
+    "train.sae_devices",
+    "train.compile",
+    "train.prefetch",
+    "train.collective_timeout",
     "source.config.num_workers",
 )
 _ABSENT = "(absent)"
@@ -335,6 +340,18 @@ def _warn_fresh(path: Path, why: str) -> None:
     )
 
 
+def check_world_size(folder: Path, state: dict[str, Any], world_size: int) -> None:
+    """Refuse to resume a checkpoint written by another number of ranks."""
+    saved = int(state.get("world_size", 1))
+    if saved != world_size:
+        raise CheckpointError(
+            f"checkpoint {folder} was written by a run of {saved} rank(s), this run has "
+            f"{world_size}: each rank's position in its part of the images is saved, so resume "
+            f"with the same number of ranks (torchrun --nproc_per_node / --nnodes giving "
+            f"{saved} processes{'' if saved > 1 else ', or no torchrun'})"
+        )
+
+
 def read_run(folder: Path, name: str) -> dict[str, Any]:
     """The saved SAE folder, optimizer state and tracker state of SAE ``name``."""
     run = folder / name
@@ -396,7 +413,11 @@ def check_run_config(
     """The changes between a checkpoint's run settings and this run's that ``allow`` (dotted
     paths or field names, which match that field everywhere) or :data:`ALWAYS_ALLOWED` permit;
     any other change raises :class:`CheckpointError` listing every differing field."""
-    changes = config_changes(saved, json.loads(json.dumps(current)))
+    changes = [  # a setting newer than the checkpoint, at its default "off", changes nothing
+        c
+        for c in config_changes(saved, json.loads(json.dumps(current)))
+        if not (c[1] is _ABSENT and c[2] is None)
+    ]
     allowed = [*ALWAYS_ALLOWED, *allow]
     refused = [c for c in changes if not _matches(c[0], allowed)]
     if refused:

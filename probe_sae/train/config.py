@@ -8,6 +8,8 @@ from typing import Literal
 from probe_sae.config import ConfigError
 
 Normalization = Literal["standardize", "scalar", "none"]
+#: what ``TrainConfig.sae_autocast`` accepts (float16 training would need loss scaling)
+AUTOCAST_DTYPES = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ class TrainConfig:
     """Checkpoints kept on disk (the newest)."""
     progress: bool = True
     """Show a progress bar."""
+    device: str | None = None
+    """Device of the SAEs (cpu, cuda, cuda:1); default: the live model's device (cuda:LOCAL_RANK under torchrun), cpu for a cache."""
+    sae_devices: tuple[str, ...] = ()
+    """One device per SAE, in the run's order (cuda:0,cuda:1,...); the tokens of one forward pass are sent to each; empty: all on device."""
+    sae_autocast: str | None = None
+    """Run each SAE's forward and loss under torch.autocast in this dtype (bfloat16); parameters, optimizer state and metrics stay float32/float64."""
+    compile: bool = False
+    """Run each SAE's forward through torch.compile (falls back to eager with a warning when it cannot compile)."""
+    prefetch: bool | None = None
+    """Read the next batch in a background thread (a CUDA stream on GPUs) while the SAEs train; default: on when the SAEs are on a GPU."""
+    collective_timeout: float = 1800.0
+    """Seconds a rank waits for the others in a collective under torchrun before failing (a dead rank)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "max_tokens", "checkpoint_every"):
@@ -60,6 +74,16 @@ class TrainConfig:
             raise ConfigError(
                 f"summary_tokens must be 0 (no summary) or more, got {self.summary_tokens}"
             )
+        if self.sae_autocast is not None and self.sae_autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(
+                f"sae_autocast must be one of {AUTOCAST_DTYPES} or none, got {self.sae_autocast!r}"
+                " (float16 training needs loss scaling; use bfloat16)"
+            )
+        if self.collective_timeout <= 0:
+            raise ConfigError(
+                f"collective_timeout must be positive seconds, got {self.collective_timeout}"
+            )
+        object.__setattr__(self, "sae_devices", tuple(str(d) for d in self.sae_devices))
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         for name in ("warmup_steps", "init_tokens", "dead_window", "log_every", "keep_checkpoints"):

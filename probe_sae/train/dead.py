@@ -31,12 +31,13 @@ class FiringTracker:
     @torch.no_grad()
     def update(self, active_NC_or_indices: Tensor, n_tokens: int) -> None:
         """Record a batch: a dense (N, C) activity mask, or the (E,) indices of active entries."""
-        if active_NC_or_indices.ndim == 2:
-            counts = active_NC_or_indices.sum(dim=0).to("cpu", torch.long)
-        else:
-            counts = torch.bincount(
-                active_NC_or_indices.to("cpu"), minlength=self.tokens_since_fired.numel()
-            )
+        self.update_counts(firing_counts(active_NC_or_indices, self.fire_counts.numel()), n_tokens)
+
+    @torch.no_grad()
+    def update_counts(self, counts: Tensor, n_tokens: int) -> None:
+        """Record a batch of ``n_tokens`` tokens by each latent's (C,) firing count (summed over
+        the ranks of a distributed run)."""
+        counts = counts.to("cpu", torch.long)
         fired = counts > 0
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
@@ -83,3 +84,11 @@ class FiringTracker:
         since = self.tokens_since_fired
         fallback = int(since.max()) if since.numel() else 0
         self.tokens_seen = int(seen) if seen is not None else fallback
+
+
+def firing_counts(active_NC_or_indices: Tensor, n_concepts: int) -> Tensor:
+    """(C,) long on the CPU: how many tokens each latent fired on, from a dense (N, C) activity
+    mask or the (E,) indices of the active entries."""
+    if active_NC_or_indices.ndim == 2:
+        return active_NC_or_indices.sum(dim=0).to("cpu", torch.long)
+    return torch.bincount(active_NC_or_indices.to("cpu"), minlength=n_concepts)

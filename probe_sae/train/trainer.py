@@ -17,6 +17,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,11 @@ from probe_sae.saes.factory import sae_from_config
 from probe_sae.stream.tokens import TokenSource
 from probe_sae.train import checkpoint as ckpt
 from probe_sae.train.config import TrainConfig
+from probe_sae.train.devices import place_saes, run_device
+from probe_sae.train.distributed import Ranks, current_ranks
 from probe_sae.train.init import geometric_median, normalization_stats
 from probe_sae.train.interrupt import InterruptGuard
+from probe_sae.train.prefetch import Prefetcher
 from probe_sae.train.sae_run import SAERun
 from probe_sae.train.schedule import warmup_cosine
 from probe_sae.train.summary import RecentTokens, summarize, warn_short_run
@@ -150,6 +154,10 @@ class Trainer:
         self._interval_start, self._interval_tokens = time.perf_counter(), 0
         self._bar: Any = None
         self.recent = {t.layer: RecentTokens(self.config.summary_tokens) for t in targets}
+        #: the process group of a distributed run (``None``: one process)
+        self.ranks: Ranks | None = current_ranks()
+        self._prefetch: Prefetcher | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ set-up
     def _validate(self) -> None:
@@ -174,7 +182,9 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         cfg = self.config
-        by_tokens = cfg.max_tokens // self.source.batch_size if cfg.max_tokens is not None else None
+        world = self.ranks.world_size if self.ranks is not None else 1
+        step_tokens = self.source.batch_size * world  # the global batch
+        by_tokens = cfg.max_tokens // step_tokens if cfg.max_tokens is not None else None
         candidates = [s for s in (cfg.max_steps, by_tokens) if s is not None]
         return max(min(candidates), 1)
 
@@ -195,6 +205,8 @@ class Trainer:
 
     def _first_tokens(self) -> dict[str, Tensor]:
         """Finite tokens of the first ``init_tokens`` of each layer; rewinds the source."""
+        if self.ranks is not None:
+            return self._first_tokens_distributed(self.ranks)
         start = self.source.state_dict()
         layers = sorted({t.layer for t in self.targets})
         chunks: dict[str, list[Tensor]] = {k: [] for k in layers}
@@ -222,6 +234,43 @@ class Trainer:
                 )
         return first
 
+    def _first_tokens_distributed(self, ranks: Ranks) -> dict[str, Tensor]:
+        """The first ``init_tokens`` tokens of the global batches, on every rank: each rank's
+        first batches, gathered in the order one process reading the union of the ranks'
+        batches (rank 0's batch i, rank 1's batch i, ..., then batch i + 1) would see them."""
+        start = self.source.state_dict()
+        layers = sorted({t.layer for t in self.targets})
+        batches: list[dict[str, Tensor]] = []
+        while len(batches) * self.source.batch_size * ranks.world_size < self.config.init_tokens:
+            batch = self.source.next_batch()
+            if batch is None:
+                break
+            batches.append(batch)
+        self.source.load_state_dict(start)
+        n = ranks.all_reduce_min(len(batches), "the number of first batches")
+        if n == 0:
+            raise ValueError(self._no_batch_message())
+        first = {}
+        for k in layers:
+            local = torch.stack([b[k].float() for b in batches[:n]])  # (n, B, d)
+            every = ranks.all_gather(local, "the first tokens")  # (W, n, B, d)
+            x = every.transpose(0, 1).reshape(-1, local.shape[-1])
+            first[k] = x[torch.isfinite(x).all(dim=1)]
+            if first[k].shape[0] == 0:
+                raise ValueError(
+                    f"layer {k!r}: all tokens of the run's first sample are non-finite (NaN or "
+                    "Inf) on every rank; check the model and its inputs"
+                )
+        return first
+
+    def _placement(self) -> dict[str, torch.device | None]:
+        """Each SAE's device (``TrainConfig.device`` / ``sae_devices``; see place_saes)."""
+        cfg = self.config
+        device = run_device(cfg.device, self.source)
+        if cfg.device is None and not cfg.sae_devices:  # an SAE given built stays put
+            device = None if any(isinstance(t.sae, SAE) for t in self.targets) else device
+        return place_saes([t.name for t in self.targets], device, cfg.sae_devices)
+
     def _no_batch_message(self) -> str:
         source, batch_size = self.source, self.source.batch_size
         read = getattr(source, "images_read", None)
@@ -246,11 +295,14 @@ class Trainer:
 
     def _initialise(self) -> None:
         first = self._first_tokens()
+        placement = self._placement()
         for t in self.targets:
             x = first[t.layer]
             mean, scale = normalization_stats(x, self.config.normalization)
             x_n = (x - mean) / scale
             sae = t.sae if isinstance(t.sae, SAE) else build_for_run(t.sae, x.shape[1], x_n)
+            if placement[t.name] is not None:
+                sae = sae.to(placement[t.name])
             sae.set_normalization(
                 mean.to(sae.b_pre), scale.to(sae.b_pre), self.config.normalization
             )
@@ -260,17 +312,25 @@ class Trainer:
             with torch.no_grad():
                 sae.b_pre.copy_(geometric_median(x_n).to(sae.b_pre))
             sae.train()
-            self.runs.append(SAERun(t.name, t.layer, sae, self.config))
+            if self.ranks is not None:  # every rank trains rank 0's SAEs from here on
+                self.ranks.broadcast_module(sae, f"the initial SAE {t.name!r}")
+            self.runs.append(SAERun(t.name, t.layer, sae, self.config, self.ranks))
 
     # ------------------------------------------------------------------ resume
     def _restore(self, path: str | Path, allow_changes: Sequence[str]) -> bool:
         """Load the newest intact checkpoint of ``path``; False when there is none to load."""
         own = self.config.checkpoint_dir
         new_run_ok = own is not None and Path(path).resolve() == Path(own).resolve()
-        opened = ckpt.open_checkpoint(path, new_run_ok=new_run_ok)
+        ranks = self.ranks
+        opened = (
+            ckpt.open_checkpoint(path, new_run_ok=new_run_ok)
+            if ranks is None  # else rank 0 verifies it and every rank reads the same one
+            else ranks.on_main("the checkpoint", lambda: _open(path, new_run_ok))
+        )
         if opened is None:
             return False
         folder, state = opened
+        ckpt.check_world_size(folder, state, 1 if ranks is None else ranks.world_size)
         saved = {r["name"]: r["layer"] for r in state["targets"]}
         wanted = {t.name: t.layer for t in self.targets}
         if saved != wanted:
@@ -278,13 +338,25 @@ class Trainer:
                 f"checkpoint {folder} trains {saved}, this run {wanted}: resume with the same "
                 "SAE names and layers"
             )
-        changes = ckpt.check_run_config(folder, state["run"], self.run_config(), allow_changes)
+        run_config = self.run_config()
+        changes = (
+            ckpt.check_run_config(folder, state["run"], run_config, allow_changes)
+            if ranks is None  # rank 0's source describes the run (each rank's part differs)
+            else ranks.on_main(
+                "the run settings",
+                lambda: ckpt.check_run_config(folder, state["run"], run_config, allow_changes),
+            )
+        )
+        main = ranks is None or ranks.is_main
+        placement = self._placement()
         try:
             for t in self.targets:
-                run = self._load_run(folder, t, changes)
-                run.load_interval_state(state["intervals"][t.name])
+                run = self._load_run(folder, t, changes, placement[t.name])
+                if main:  # rank 0 saved the sums of every rank
+                    run.load_interval_state(state["intervals"][t.name])
                 self.runs.append(run)
-            self.source.load_state_dict(state["source"])
+            sources = state.get("sources") or [state["source"]]
+            self.source.load_state_dict(sources[0 if ranks is None else ranks.rank])
         except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as err:
             if isinstance(err, ckpt.CheckpointError):
                 raise
@@ -294,19 +366,28 @@ class Trainer:
                 "its saved state; resume with the version and arguments that wrote it"
             ) from err
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.metrics = list(state["metrics"])
-        self.nonfinite = {**self.nonfinite, **state["nonfinite"]}
-        self._skipped_before = int(state["skipped_images"])
+        self.metrics = list(state["metrics"]) if main else []
+        if main:  # the saved counts are those of every rank
+            self.nonfinite = {**self.nonfinite, **state["nonfinite"]}
+            self._skipped_before = int(state["skipped_images"])
         self.last_checkpoint = folder
         if own is not None and folder.parent.resolve() == Path(own).resolve():
             self._saved_step = self.step
         return True
 
     def _load_run(
-        self, folder: Path, target: SAETarget, changes: list[tuple[str, Any, Any]]
+        self,
+        folder: Path,
+        target: SAETarget,
+        changes: list[tuple[str, Any, Any]],
+        device: torch.device | None = None,
     ) -> SAERun:
         run_state = ckpt.read_run(folder, target.name)
         loaded = load_sae(run_state["sae_dir"])
+        if isinstance(target.sae, SAE) and device is None:
+            device = target.sae.b_pre.device
+        if device is not None:
+            loaded = loaded.to(device)
         if isinstance(target.sae, SAE):
             target.sae.load_state_dict(loaded.state_dict())
             target.sae.normalization = loaded.normalization
@@ -315,7 +396,9 @@ class Trainer:
         else:
             sae = _with_changes(loaded, target.name, changes)
         sae.train()
-        run = SAERun(target.name, target.layer, sae, self.config)
+        if device is not None:
+            sae = sae.to(device)
+        run = SAERun(target.name, target.layer, sae, self.config, self.ranks)
         ckpt.load_optimizer_state(
             run.optimizer, run_state["optimizer_tensors"], run_state["optimizer_meta"]
         )
@@ -333,26 +416,50 @@ class Trainer:
                 "this run was interrupted inside a step, its SAEs partly updated: no checkpoint "
                 "can be written of that state; resume from its last checkpoint instead"
             )
+        position = self._prefetch.position() if self._prefetch else self.source.state_dict()
+        ranks = self.ranks
         state = {
             "step": self.step,
             "tokens": self.tokens,
             "run": self.run_config(),
-            "source": self.source.state_dict(),
+            "source": position,
             "targets": [{"name": r.name, "layer": r.layer} for r in self.runs],
             "metrics": self.metrics,
-            "intervals": {r.name: r.interval_state() for r in self.runs},
-            "nonfinite": self.nonfinite,
-            "skipped_images": self.skipped_images,
+            "intervals": {},
+            "nonfinite": self._total_nonfinite(),
+            "skipped_images": self._total_skipped(),
         }
+        if ranks is not None:  # rank 0 writes every rank's position and the summed intervals
+            state["sources"] = ranks.gather_objects(position, "the stream positions")
+            state["source"], state["world_size"] = state["sources"][0], ranks.world_size
+            for r in self.runs:
+                r.reduce_interval()
+        state["intervals"] = {r.name: r.interval_state() for r in self.runs}
         runs = {
             r.name: {"sae": r.sae, "optimizer": r.optimizer, "tracker": r.tracker}
             for r in self.runs
         }
-        self.last_checkpoint = ckpt.write_checkpoint(
-            Path(self.config.checkpoint_dir), self.step, state, runs, self.config.keep_checkpoints
-        )
+        root, step, keep = Path(self.config.checkpoint_dir), self.step, self.config.keep_checkpoints
+        write = lambda: ckpt.write_checkpoint(root, step, state, runs, keep)  # noqa: E731
+        self.last_checkpoint = write() if ranks is None else ranks.on_main("the checkpoint", write)
         self._saved_step = self.step
         return self.last_checkpoint
+
+    def _total_nonfinite(self) -> dict[str, int]:
+        """Non-finite tokens per layer, over every rank."""
+        if self.ranks is None:
+            return dict(self.nonfinite)
+        keys = sorted(self.nonfinite)
+        counts = torch.tensor([self.nonfinite[k] for k in keys], dtype=torch.long)
+        total = self.ranks.all_reduce(counts, "the non-finite token counts")
+        return dict(zip(keys, (int(v) for v in total), strict=True))
+
+    def _total_skipped(self) -> int:
+        """Unreadable images skipped, over every rank."""
+        if self.ranks is None:
+            return self.skipped_images
+        t = torch.tensor([self.skipped_images], dtype=torch.long)
+        return int(self.ranks.all_reduce(t, "the unreadable image counts")[0])
 
     @property
     def skipped_images(self) -> int:
@@ -400,20 +507,43 @@ class Trainer:
                 self._initialise()
             if any(on_cpu(r.sae.b_pre.device) for r in self.runs):
                 tune_cpu_allocator()
+            self._start_helpers()
             self._train(self.total_steps)
-            warn_short_run(
-                self.tokens,
-                self.step,
-                (r.sae.n_concepts for r in self.runs),
-                self.config.warmup_steps,
-            )
+            if self.ranks is None or self.ranks.is_main:
+                warn_short_run(
+                    self.tokens,
+                    self.step,
+                    (r.sae.n_concepts for r in self.runs),
+                    self.config.warmup_steps,
+                )
             if self.config.checkpoint_dir is not None and self._saved_step != self.step:
                 self.save_checkpoint()
         finally:
+            self._stop_helpers()
             close = getattr(self.source, "close", None)
             if callable(close):
                 close()
         return self._result()
+
+    def _start_helpers(self) -> None:
+        """The prefetch thread (``TrainConfig.prefetch``; default: SAEs on a GPU) and, for SAEs
+        spread over several GPUs in one process, one thread per device for their steps."""
+        devices = {r.device for r in self.runs}
+        on_gpu = any(d.type == "cuda" for d in devices)
+        prefetch = self.config.prefetch if self.config.prefetch is not None else on_gpu
+        if prefetch:
+            model_device = getattr(getattr(self.source, "model", None), "device", None)
+            self._prefetch = Prefetcher(self.source, model_device)
+        if self.ranks is None and on_gpu and len(devices) > 1:  # collectives need one order
+            self._threads = ThreadPoolExecutor(len(devices), thread_name_prefix="probe-sae-sae")
+
+    def _stop_helpers(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()  # the source stays at the position after the last step
+            self._prefetch = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
 
     def _train(self, total: int) -> None:
         self._bar = tqdm(
@@ -428,17 +558,19 @@ class Trainer:
         try:
             with InterruptGuard() as guard:
                 while self.step < total:
-                    before, phase = self.source.state_dict(), "fetch"
-                    batch = self.source.next_batch()
-                    if batch is None:
+                    before = None if self._prefetch else self.source.state_dict()
+                    phase = "fetch"
+                    batch = self._fetch(read_ahead=self.step + 1 < total)
+                    if not self._every_rank_has(batch):
                         break
+                    assert batch is not None
                     with guard.deferred():
                         phase = "step"
                         self._step(batch, total)
                         phase = "boundary"
                 with guard.deferred():
                     phase = "step"
-                    if any(run.n_steps for run in self.runs):  # the source ended between rows
+                    if self._steps_since_log():  # the source ended between rows
                         self._log_interval(self._lr(self.step - 1, total))
                     phase = "boundary"
         except KeyboardInterrupt:
@@ -447,20 +579,53 @@ class Trainer:
         finally:
             self._bar.close()
 
+    def _steps_since_log(self) -> bool:
+        """Whether steps were taken since the last log row (agreed by every rank)."""
+        pending = any(run.n_steps for run in self.runs)
+        if self.ranks is None:
+            return pending
+        return bool(self.ranks.all_reduce_max(int(pending), "whether a log row is due"))
+
+    def _fetch(self, read_ahead: bool) -> dict[str, Tensor] | None:
+        """The next batch (``None`` at the end), read ahead by the prefetch thread if any."""
+        if self._prefetch is not None:
+            return self._prefetch.next(read_ahead)[1]
+        return self.source.next_batch()
+
+    def _every_rank_has(self, batch: dict[str, Tensor] | None) -> bool:
+        """Whether this rank (and, in a distributed run, every rank) got a batch: a run stops
+        when the first rank's part of the images ends."""
+        if self.ranks is None:
+            return batch is not None
+        have = self.ranks.all_reduce_min(int(batch is not None), "whether every rank has a batch")
+        return bool(have)
+
     def _step(self, batch: dict[str, Tensor], total: int) -> None:
         """One step of every SAE on ``batch``, its log row and its checkpoint when due."""
         cfg, lr = self.config, self._lr(self.step, total)
         xs = self._finite(batch)
+        moved: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+        jobs = []
         for run in self.runs:
             x = xs[run.layer]
-            if x.shape[0] == 0:
+            if x.shape[0] == 0 and self.ranks is None:
                 continue
-            run.step(
-                x.to(device=run.sae.b_pre.device, dtype=run.sae.b_pre.dtype), lr, cfg.grad_clip
-            )
+            key = (run.layer, run.device, run.sae.b_pre.dtype)
+            if key not in moved:  # each layer goes once to each device
+                moved[key] = x.to(device=key[1], dtype=key[2], non_blocking=True)
+            jobs.append((run, moved[key]))
+        if self._threads is not None:
+            futures = [self._threads.submit(r.step, x, lr, cfg.grad_clip) for r, x in jobs]
+            for future in futures:
+                future.result()
+        else:
+            for run, x in jobs:
+                run.step(x, lr, cfg.grad_clip)
         for layer, x in xs.items():
             self.recent[layer].add(x)
         n = next(iter(batch.values())).shape[0]
+        if self.ranks is not None:
+            n = int(self.ranks.all_reduce(torch.tensor([n]), "the batch sizes")[0])
         self.step += 1
         self.tokens += n
         self._interval_tokens += n
@@ -510,21 +675,32 @@ class Trainer:
                 stacklevel=3,
             )
             return
-        if phase == "fetch" and before is not None:
+        if self._prefetch is not None:  # wait for the read in flight, then undo it
+            self._prefetch.rewind()
+        elif phase == "fetch" and before is not None:
             self.source.load_state_dict(before)  # the batch being read is read again on resume
+        if self.ranks is not None:  # writing one needs every rank, which may not be here
+            warnings.warn(
+                f"interrupted at step {self.step} of a distributed run: no checkpoint is written "
+                f"(it needs every rank); resume= continues from "
+                f"{self.last_checkpoint or 'the start'}",
+                ckpt.CheckpointWarning,
+                stacklevel=3,
+            )
+            return
         if self.config.checkpoint_dir is not None and self._saved_step != self.step:
             self.save_checkpoint()
 
     def _result(self) -> TrainResult:
         for run in self.runs:
             run.sae.eval()
-        skipped = self.skipped_images  # the stream warns about them itself
+        skipped = self._total_skipped()  # the stream warns about them itself
         return TrainResult(
             {r.name: r.sae for r in self.runs},
             self.metrics,
             self.step,
             self.tokens,
-            dict(self.nonfinite),
+            self._total_nonfinite(),
             self.last_checkpoint,
             skipped,
             self._summaries(),
@@ -554,7 +730,13 @@ class Trainer:
         self._interval_start, self._interval_tokens = time.perf_counter(), 0
 
     def _log(self, lr: float, tokens_per_s: float) -> None:
+        nonfinite = self._total_nonfinite()
         for run in self.runs:
+            if self.ranks is not None:
+                run.reduce_interval()  # rank 0 logs the sums of every rank
+                if not self.ranks.is_main:
+                    run.tracker.interval_summary()  # resets its interval like rank 0's
+                    continue
             if run.n_steps == 0:
                 continue
             row = {
@@ -566,8 +748,13 @@ class Trainer:
             }
             row.update(run.summary())
             row["tokens_per_s"] = tokens_per_s
-            row["nonfinite_tokens"] = self.nonfinite[run.layer]
+            row["nonfinite_tokens"] = nonfinite[run.layer]
             self.metrics.append(row)
+
+
+def _open(path: str | Path, new_run_ok: bool) -> tuple[Path, dict[str, Any]] | None:
+    """``open_checkpoint`` with its warnings shown (run on rank 0 only)."""
+    return ckpt.open_checkpoint(path, new_run_ok=new_run_ok)
 
 
 def _with_changes(sae: SAE, name: str, changes: list[tuple[str, Any, Any]]) -> SAE:
