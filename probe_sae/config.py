@@ -35,6 +35,8 @@ C = TypeVar("C")
 
 #: how ``None`` is written on the command line for fields that may be unset
 NONE_WORDS = ("none", "null")
+#: the words a command line may give an optional bool (``--prefetch true``)
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 class ConfigError(ValueError):
@@ -243,6 +245,10 @@ def parse_value(tp: Any, text: str, where: str) -> Any:
         if text in args:
             return text
         raise ConfigError(f"{where}: {text!r} is not one of {list(args)}")
+    if tp is bool:
+        if text.lower() in BOOL_WORDS:
+            return BOOL_WORDS[text.lower()]
+        raise ConfigError(f"{where}: {text!r} is not one of {sorted(BOOL_WORDS)}")
     try:
         if tp is int:
             return int(text)

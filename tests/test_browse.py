@@ -370,3 +370,43 @@ def test_the_report_links_the_browser(world, trained, site, tmp_path):
     text = out.read_text()
     href = text.split('id="browser-link" href="', 1)[1].split('"', 1)[0]
     assert not href.startswith(("http", "/")) and (out.parent / href).resolve() == site.index.resolve()
+
+
+def test_a_real_open_clip_text_tower_labels_the_concepts(tmp_path):
+    """open_clip ViT-B-32 (its real architecture, random weights): the vocabulary goes through
+    the model's own text tower, and each concept's labels follow the documented formula."""
+    from probe_sae.saes import build_sae
+
+    model = load_model("open_clip:ViT-B-32")
+    images = (torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(
+        torch.uint8
+    )
+    layer = "blocks.10"
+    sae = build_sae("topk", model.layer_info(layer).shape[-1], 32, k=4)
+    sae.provenance = {"layer": layer}
+    words = ["red", "dog", "car", "tree", "sky"]
+    site = build_site({"topk": sae}, images, tmp_path, model=model, layer=layer,
+                      vocabulary=words, top_k=3, progress=False)  # fmt: skip
+    index = read_js(site.saes["topk"] / "data" / "index.js")[0]
+    assert index["meta"]["vocabulary"] == len(words) and not index["meta"]["labels_note"]
+    pixels = model.preprocess(list(_pil(images)))
+    cos_NV = F.normalize(model(pixels).float(), dim=1) @ model.encode_text(
+        [PROMPT.format(w) for w in words], normalize=True
+    ).float().T
+    rows = concept_rows(site.saes["topk"])
+    checked = 0
+    for row in rows:
+        if not row["top"]:
+            continue
+        top = torch.tensor(row["top"])
+        want = (cos_NV[top].mean(0) - cos_NV.mean(0)).topk(3)
+        assert [w for w, _ in row["labels"]] == [words[j] for j in want.indices], row
+        checked += 1
+    assert checked > 0
+
+
+def _pil(images):
+    from PIL import Image
+
+    for image in images:
+        yield Image.fromarray(image.permute(1, 2, 0).numpy())

@@ -57,6 +57,8 @@ def _other_value(tp, default):
         return "somewhere"
     if origin is Literal:
         return next(a for a in args if a != default)
+    if origin is tuple and args == (str, ...):
+        return ("cpu", "cpu")
     if origin is tuple:
         return tuple(0.5 + 0.1 * i for i in range(len(args)))
     options = [a for a in args if a is not type(None)]

@@ -94,8 +94,8 @@ def _interrupt_in_forward(monkeypatch, plan: dict[str, int], how: str = "sigint"
     them, or a KeyboardInterrupt raised right there."""
     original = SAERun.__init__
 
-    def init(run, name, layer, sae, config):
-        original(run, name, layer, sae, config)
+    def init(run, name, layer, sae, config, *more):
+        original(run, name, layer, sae, config, *more)
         calls = {"n": 0}
 
         def hook(module, args):

@@ -50,6 +50,7 @@ from probe_sae.browser.neighbours import nearest_concepts
 from probe_sae.browser.stats import HIST_EDGES, TOKEN_KINDS, ConceptStats, kind_masks
 from probe_sae.constants import CONFIG_NAME
 from probe_sae.data.images import Images, ImageSource, image_source
+from probe_sae.data.pixels import model_input, to_batch
 from probe_sae.saes import SAE, load_sae
 
 if TYPE_CHECKING:
@@ -456,10 +457,10 @@ def build_site(
                 if im is None:
                     sheets.add(start + i, None)
             if keep:
-                items = [got[i] for i in keep]
-                pixels = vm.to_pixels(
-                    torch.stack(items) if all(isinstance(x, Tensor) for x in items) else items
-                )
+                # raw images (PIL, uint8 tensors) through the model's preprocessing; float
+                # tensors are taken as preprocessed pixels
+                items = [model_input(got[i], start + i) for i in keep]
+                pixels = vm.to_pixels(to_batch(items, vm.preprocess))
                 shown = (pixels.shape[-2], pixels.shape[-1])
                 for pos, item in zip(positions, items, strict=True):
                     sheets.add(pos, display_image(item, shown))

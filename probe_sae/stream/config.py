@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from torch import Tensor
 
@@ -12,7 +13,8 @@ from probe_sae.config import ConfigError
 from probe_sae.models.layout import NAMED_SELECTIONS
 
 #: dtypes ``StreamConfig.autocast`` runs the model forward in
-AUTOCAST_DTYPES = ("bfloat16", "float16")
+AutocastDtype = Literal["bfloat16", "float16"]
+AUTOCAST_DTYPES: tuple[str, ...] = get_args(AutocastDtype)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class StreamConfig:
     num_workers: int | None = None
     """Processes that read and preprocess images ahead of the model; default: up to 4 when
     the model is on a GPU, none on CPU."""
-    autocast: str | None = None
+    autocast: AutocastDtype | None = None
     """Run the model forward under torch.autocast in this dtype (bfloat16, float16); the tokens keep that dtype until the SAE step."""
 
     def __post_init__(self) -> None:

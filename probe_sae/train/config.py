@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from probe_sae.config import ConfigError
 
 Normalization = Literal["standardize", "scalar", "none"]
 #: what ``TrainConfig.sae_autocast`` accepts (float16 training would need loss scaling)
-AUTOCAST_DTYPES = ("bfloat16",)
+SAEAutocastDtype = Literal["bfloat16"]
+AUTOCAST_DTYPES: tuple[str, ...] = get_args(SAEAutocastDtype)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class TrainConfig:
     """Device of the SAEs (cpu, cuda, cuda:1); default: the live model's device (cuda:LOCAL_RANK under torchrun), cpu for a cache."""
     sae_devices: tuple[str, ...] = ()
     """One device per SAE, in the run's order (cuda:0,cuda:1,...); the tokens of one forward pass are sent to each; empty: all on device."""
-    sae_autocast: str | None = None
+    sae_autocast: SAEAutocastDtype | None = None
     """Run each SAE's forward and loss under torch.autocast in this dtype (bfloat16); parameters, optimizer state and metrics stay float32/float64."""
     compile: bool = False
     """Run each SAE's forward through torch.compile (falls back to eager with a warning when it cannot compile)."""
