@@ -327,7 +327,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from probe_sae.bench import run_benchmark
 
-    print(run_benchmark(args.name, quick=args.quick, seed=args.seed))
+    print(run_benchmark(args.name, quick=args.quick, seed=args.seed, world=args.world))
     return 0
 
 
@@ -499,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--world", choices=("default", "hard"), default="default",
+        help="identifiability only: 'hard' runs on collages with continuous jitter and free "
+        "rotation, read by the organism trained there (default: %(default)s)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_bench)
 
     p = _sub(

@@ -45,11 +45,13 @@ def _stability(quick: bool, seed: int) -> str:
     ).to_markdown()
 
 
-def _identifiability(quick: bool, seed: int) -> str:
+def _identifiability(quick: bool, seed: int, world: str = "default") -> str:
     from probe_sae.bench.identifiability import identifiability_study
     from probe_sae.bench.organism_data import organism_pooled
 
     n = 1000 if quick else 2000
+    if world == "hard":
+        return _identifiability_hard(n, quick, seed)
     train, _ = organism_pooled(-1, n, seed=seed)
     test, presence = organism_pooled(-1, n, seed=seed + 1)
     return identifiability_study(
@@ -60,6 +62,38 @@ def _identifiability(quick: bool, seed: int) -> str:
         seed=seed,
         data="the organism's last block, patch tokens mean-pooled per image (train and test collages from different seeds)",
     ).to_markdown()
+
+
+def _identifiability_hard(n: int, quick: bool, seed: int) -> str:
+    from probe_sae.bench.identifiability import (
+        ALL_FAMILIES,
+        identifiability_study,
+        world_pooled,
+    )
+    from probe_sae.organism.model import PACKAGED_HARD_DIR, read_config
+
+    train, _ = world_pooled("hard", n, seed=seed)
+    test, presence = world_pooled("hard", n, seed=seed + 1)
+    held = read_config(PACKAGED_HARD_DIR)["held_out"] if PACKAGED_HARD_DIR.is_dir() else None
+    reads = f", held-out presence AUC {held['mean_auc']:.2f} on its world" if held else ""
+    result = identifiability_study(
+        train,
+        test,
+        presence,
+        families=ALL_FAMILIES,
+        steps=500 if quick else 1500,
+        seed=seed,
+        data="the hard world (continuous position jitter, free rotation): the hard-world "
+        f"organism's last block (`organism:hard`{reads}; patch tokens mean-pooled per image, "
+        "train and test collages from different seeds)",
+    )
+    return result.to_markdown()
+
+
+def _hierarchy(quick: bool, seed: int) -> str:
+    from probe_sae.bench.hierarchy import hierarchy_benchmark
+
+    return hierarchy_benchmark(quick, seed).to_markdown()
 
 
 def _plausibility(quick: bool, seed: int) -> str:
@@ -83,14 +117,27 @@ BENCHMARKS: dict[str, Callable[[bool, int], str]] = {
     "stability": _stability,
     "identifiability": _identifiability,
     "plausibility": _plausibility,
+    "hierarchy": _hierarchy,
 }
+#: benchmarks that run on another world (``world=``, ``probe-sae bench NAME --world hard``)
+WORLD_BENCHMARKS = ("identifiability",)
 
 
-def run_benchmark(name: str, quick: bool = False, seed: int = 0) -> str:
-    """Run the benchmark ``name`` and return its markdown report."""
+def run_benchmark(name: str, quick: bool = False, seed: int = 0, world: str = "default") -> str:
+    """Run the benchmark ``name`` and return its markdown report; ``world="hard"`` runs it on
+    the hard world (continuous jitter, free rotation) with the organism trained there, for the
+    benchmarks of `WORLD_BENCHMARKS`."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
+    if world not in ("default", "hard"):
+        raise ValueError(f"unknown world {world!r}; choose 'default' or 'hard'")
+    if world != "default":
+        if name not in WORLD_BENCHMARKS:
+            raise ValueError(
+                f"{name} runs on the default world only; --world applies to {list(WORLD_BENCHMARKS)}"
+            )
+        return BENCHMARKS[name](quick, seed, world=world)  # type: ignore[call-arg]
     return BENCHMARKS[name](quick, seed)
 
 
-__all__ = ["BENCHMARKS", "PUBLISHED", "mp_k_study", "run_benchmark"]
+__all__ = ["BENCHMARKS", "PUBLISHED", "WORLD_BENCHMARKS", "mp_k_study", "run_benchmark"]

@@ -23,6 +23,11 @@ PUBLISHED = {
     "RA-SAE ≈ 0.95–0.96; all-absent baseline 1 − 4/c (0.56–0.80).",
     "plausibility": "A-SAE paper, Table 2 (ViT, 512 → 32k atoms): TopK 0.13 → 0.29, A-SAE "
     "0.21 → 0.37, RA-SAE (δ = 1) 0.15 → 0.50.",
+    "hierarchy": "Matryoshka SAEs (Bussmann et al. 2025, Gemma-2-2B, SAEBench's first-letter "
+    "absorption): far less feature absorption than BatchTopK at the same L0, and early latents "
+    "that are general (parent) features, at a small cost in reconstruction. MP-SAE (Costa, Fel "
+    "et al. 2025): residual-guided selection captures hierarchical, correlated features better "
+    "than TopK (a parent atom, then the child's refinement); no absorption rate published.",
     "mp-k": "MP-SAE paper (MNIST, 1,000 atoms, k = 10): MP's error keeps falling as inference-time "
     "k grows, TopK degrades past its training k, ReLU plateaus; shallow SAEs learn near-orthogonal "
     "atoms, MP-SAE correlated ones (higher coherence / Babel).",
@@ -30,7 +35,16 @@ PUBLISHED = {
 
 
 #: families that take a sparsity k
-K_FAMILIES = ("topk", "batchtopk", "mp", "asae", "rasae")
+K_FAMILIES = (
+    "topk",
+    "batchtopk",
+    "mp",
+    "asae",
+    "rasae",
+    "matryoshka",
+    "matryoshka_asae",
+    "matryoshka_rasae",
+)
 
 
 def bench_sae(
@@ -45,13 +59,13 @@ def bench_sae(
     **hyperparameters: Any,
 ) -> SAE:
     """An SAE of ``family`` for a benchmark: ``k`` where the family has one, archetypal
-    families on ``candidates`` (A-SAE with δ = 0, RA-SAE with ``delta``)."""
+    families on ``candidates`` (δ = 0 for A-SAEs, ``delta`` for the relaxed ones)."""
     hyper = {"k": min(k, n_concepts)} if family in K_FAMILIES else {}
     hyper.update(hyperparameters)
     if family in ARCHETYPAL:
         if candidates is None:
             raise ValueError(f"{family} needs candidates")
-        if family == "rasae":
+        if ARCHETYPAL[family] > 0:
             hyper["delta"] = delta
         return build_sae(family, d_model, n_concepts, candidates=candidates, **hyper)
     return build_sae(family, d_model, n_concepts, seed=seed, **hyper)

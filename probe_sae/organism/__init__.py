@@ -31,12 +31,16 @@ __all__ = [
 
 
 def _load(rest: str, device: torch.device | str = "cpu", **kwargs: Any) -> VisionModel:
-    """``load_model("organism")`` (shipped weights) or ``"organism:<folder>"`` (other weights)."""
+    """``load_model("organism")`` (shipped weights), ``"organism:hard"`` (the organism of the
+    hard world) or ``"organism:<folder>"`` (other weights)."""
+    if rest == "hard":
+        return load_organism(device, world="hard", **kwargs)
     return load_organism(device, path=rest or None, **kwargs)
 
 
 def register() -> None:
-    """Make ``load_model("organism")`` / ``load_model("organism:<folder>")`` available."""
+    """Make ``load_model("organism")``, ``load_model("organism:hard")`` and
+    ``load_model("organism:<folder>")`` available."""
     register_loader("organism", _load)
 
 

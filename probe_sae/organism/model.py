@@ -36,6 +36,8 @@ from probe_sae.constants import ORGANISM_FORMAT_VERSION as FORMAT_VERSION
 from probe_sae.models import VisionModel
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+#: The second organism's weights, trained on the hard world (``load_model("organism:hard")``).
+PACKAGED_HARD_DIR = Path(__file__).resolve().parent / "weights_hard"
 
 
 class OrganismFormatError(ValueError):

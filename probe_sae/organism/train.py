@@ -111,13 +111,19 @@ def score_logits(logits_BK: Tensor, presence_BK: Tensor) -> Scores:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, n_images: int = 2048, seed: int = EVAL_SEED, batch_size: int = 256) -> Scores:
-    """`Scores` of a bare organism ViT on ``n_images`` of the held-out stream."""
+def evaluate(
+    module: nn.Module,
+    n_images: int = 2048,
+    seed: int = EVAL_SEED,
+    batch_size: int = 256,
+    world: synthetic.World | str = synthetic.DEFAULT_WORLD,
+) -> Scores:
+    """`Scores` of a bare organism ViT on ``n_images`` of the held-out stream of ``world``."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
     logits, labels = [], []
-    for batch in synthetic.iter_batches(batch_size, seed, stop=n_images):
+    for batch in synthetic.iter_batches(batch_size, seed, stop=n_images, world=world):
         logits.append(module(batch.images.to(device)).float().cpu())
         labels.append(batch.presence)
     module.train(was_training)
@@ -153,16 +159,18 @@ def train_organism(
     config: OrganismConfig | None = None,
     recipe: Recipe | None = None,
     progress: bool = True,
+    world: synthetic.World | str = synthetic.DEFAULT_WORLD,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the organism from scratch; returns the ViT (eval mode) and a record of the run
-    (recipe, wall-clock seconds, images seen, final training loss). ``None`` means the
-    defaults, which produced the shipped weights."""
+    """Train the organism from scratch on ``world`` (a `World` or a preset name); returns the
+    ViT (eval mode) and a record of the run (recipe, world, wall-clock seconds, images seen,
+    final training loss). ``None`` means the defaults, which produced the shipped weights."""
     config, recipe = config or OrganismConfig(), recipe or Recipe()
+    world = synthetic.get_world(world)
     torch.manual_seed(recipe.seed)
     module = build_vit(config).train()
     opt = torch.optim.AdamW(_param_groups(module, recipe.weight_decay), lr=recipe.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
-    batches = synthetic.iter_batches(recipe.batch_size, recipe.seed)
+    batches = synthetic.iter_batches(recipe.batch_size, recipe.seed, world=world)
     bar = tqdm(range(recipe.steps), desc="training the organism", disable=not progress)
     losses: list[float] = []
     start = time.perf_counter()
@@ -182,7 +190,7 @@ def train_organism(
     fold_input_normalisation(module)
     record = {
         "recipe": asdict(recipe),
-        "world": asdict(synthetic.DEFAULT_WORLD),
+        "world": asdict(world),
         "train_seconds": round(seconds, 1),
         "train_threads": torch.get_num_threads(),
         "images_seen": recipe.steps * recipe.batch_size,
@@ -198,13 +206,14 @@ def train_and_save(
     recipe: Recipe | None = None,
     eval_images: int = 4096,
     progress: bool = True,
+    world: synthetic.World | str = synthetic.DEFAULT_WORLD,
 ) -> dict[str, Any]:
-    """Train, score on the held-out stream (after the fp16 round trip of saving) and save to
-    ``folder``; returns what ``config.json`` records about the run."""
+    """Train on ``world``, score on its held-out stream (after the fp16 round trip of saving)
+    and save to ``folder``; returns what ``config.json`` records about the run."""
     config = config or OrganismConfig()
-    module, record = train_organism(config, recipe, progress)
+    module, record = train_organism(config, recipe, progress, world)
     save_organism(module, folder, config, record)
-    scores = evaluate(load_organism_module(folder), n_images=eval_images)
+    scores = evaluate(load_organism_module(folder), n_images=eval_images, world=world)
     record["held_out"] = {"seed": EVAL_SEED, **asdict(scores)}
     save_organism(module, folder, config, record)
     return record
@@ -221,11 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--eval-images", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--world", default="default", choices=sorted(synthetic.WORLDS), help="the world to train on"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    record = train_and_save(args.out, recipe=recipe, eval_images=args.eval_images)
+    record = train_and_save(args.out, recipe=recipe, eval_images=args.eval_images, world=args.world)
     held = record["held_out"]
     summary = {k: held[k] for k in ("mean_auc", "min_auc", "macro_f1", "micro_f1", "exact_match")}
     print(json.dumps({"train_seconds": record["train_seconds"], **summary}, indent=2))
