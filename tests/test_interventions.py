@@ -25,7 +25,7 @@ from probe_sae.interventions import (
 from probe_sae.metrics.reconstruction import fvu
 from probe_sae.models import load_model
 
-FAMILIES = ["relu", "topk", "batchtopk", "jumprelu", "mp", "asae", "rasae"]
+FAMILIES = ["relu", "topk", "batchtopk", "jumprelu", "mp", "asae", "rasae", "matryoshka", "matryoshka_rasae"]
 LAYER = "blocks.1"
 D, C = 192, 256
 
@@ -54,7 +54,7 @@ def acts(vit):
 
 def make_sae(family: str, acts, n_concepts: int = C, k: int = 8, steps: int = 30):
     options = {} if family in ("relu", "jumprelu") else {"k": k}
-    candidates = kmeans(acts, n_concepts, seed=0) if family in ("asae", "rasae") else None
+    candidates = kmeans(acts, n_concepts, seed=0) if family.endswith("asae") else None
     sae = build_sae(family, acts.shape[1], n_concepts, candidates=candidates, seed=0, **options)
     return fit_sae(sae, acts, steps)
 
@@ -258,7 +258,7 @@ def test_splice_and_steer_on_every_model_family(family, tmp_path):
 
 
 # -------------------------------------------------------------------------------------- steer
-@pytest.mark.parametrize("family", ["topk", "mp", "rasae", "jumprelu"])
+@pytest.mark.parametrize("family", ["topk", "mp", "rasae", "jumprelu", "matryoshka"])
 @pytest.mark.parametrize("mode", ["add", "scale", "clamp", "ablate"])
 def test_steer_modes_edit_the_codes_and_nothing_else(vit, saes, pixels, family, mode):
     sae = saes[family]
