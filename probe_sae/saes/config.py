@@ -122,6 +122,33 @@ class SparsityConfig(SAEConfig):
 
 
 @dataclass(frozen=True)
+class SparsityTargetConfig(SAEConfig):
+    """Families whose sparsity is set by a penalty coefficient (ReLU's L1, JumpReLU's L0),
+    which ``target_l0`` can steer during training (see :class:`probe_sae.saes.relu.L0Controller`)."""
+
+    target_l0: float | None = None
+    """Mean active concepts per token to steer the penalty coefficient to during training, by
+    a multiplicative controller on the running L0 (none: the coefficient stays fixed)."""
+    target_l0_rate: float = 0.01
+    """Gain η of that controller: the coefficient is multiplied by exp(η · clamped relative L0
+    error) after every training batch (at most e^η per step)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_l0 is not None and (
+            isinstance(self.target_l0, bool) or not self.target_l0 > 0
+        ):
+            raise ConfigError(
+                f"target_l0 must be a positive number of concepts per token or none, got "
+                f"{self.target_l0!r}; e.g. 16, or leave it unset to keep the coefficient fixed"
+            )
+        if not self.target_l0_rate > 0:
+            raise ConfigError(
+                f"target_l0_rate must be positive, got {self.target_l0_rate!r}; e.g. 0.01"
+            )
+
+
+@dataclass(frozen=True)
 class LinearEncoderConfig(SAEConfig):
     """Families with one affine encoder, which may decode through an archetypal dictionary."""
 

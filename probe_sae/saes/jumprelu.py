@@ -9,6 +9,12 @@ straight-through pseudo-gradients through a kernel K of bandwidth ε (paper, eqs
 
 with the rectangle kernel ``K(u) = 1[-1/2 < u <= 1/2]``. The gradient with respect to
 ``pre`` is the ordinary one (H(pre - θ) for JumpReLU, 0 for the step).
+
+With ``target_l0`` the L0 coefficient is steered by :class:`~probe_sae.saes.relu.L0Controller`.
+The coefficient reaches only θ, and under Adam log θ moves by at most about the learning rate
+per step: on standardised activations (pre-activations of order 1) a short run cannot carry θ
+from ``init_threshold`` = 1e-3 to where it would sparsify, whatever the coefficient (SAELens
+issues #494 and #718 report the same; docs/concepts/families.md has the measurements).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from torch import Tensor, nn
 
 from probe_sae.config import ConfigError
 from probe_sae.saes.base import LinearEncoderSAE, SAEOutput, mse
-from probe_sae.saes.config import LinearEncoderConfig
+from probe_sae.saes.config import LinearEncoderConfig, SparsityTargetConfig
 from probe_sae.saes.dictionary import Dictionary
+from probe_sae.saes.relu import l0_controller
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -72,13 +79,14 @@ def step(pre_NC: Tensor, threshold_C: Tensor, bandwidth: float) -> Tensor:
 
 
 @dataclass(frozen=True)
-class JumpReLUConfig(LinearEncoderConfig):
+class JumpReLUConfig(SparsityTargetConfig, LinearEncoderConfig):
     """JumpReLU SAE (Rajamanoharan et al. 2024)."""
 
     family = "jumprelu"
 
     l0_coeff: float = 1e-3
-    """Weight of the L0 penalty (the number of active concepts per token)."""
+    """Weight of the L0 penalty (the number of active concepts per token; its start when
+    target_l0 steers it)."""
     bandwidth: float = 1e-3
     """Bandwidth ε of the rectangle kernel in the threshold's pseudo-gradient."""
     init_threshold: float = 1e-3
@@ -91,7 +99,9 @@ class JumpReLUConfig(LinearEncoderConfig):
 
 
 class JumpReLUSAE(LinearEncoderSAE):
-    """Loss: per-element MSE + ``l0_coeff · mean_tokens Σ_j H(pre_j - θ_j)``."""
+    """Loss: per-element MSE + ``l0_coeff · mean_tokens Σ_j H(pre_j - θ_j)``; with
+    ``target_l0`` the coefficient is ``l0_controller.coeff``, steered by
+    :class:`~probe_sae.saes.relu.L0Controller`."""
 
     family = "jumprelu"
     config_class = JumpReLUConfig
@@ -109,6 +119,7 @@ class JumpReLUSAE(LinearEncoderSAE):
         self.log_threshold = nn.Parameter(
             torch.full((self.n_concepts,), math.log(self.init_threshold))
         )
+        self.l0_controller = l0_controller(self.config, self.l0_coeff)
 
     @property
     def threshold(self) -> Tensor:
@@ -127,5 +138,14 @@ class JumpReLUSAE(LinearEncoderSAE):
         x_hat = self.decoder.decode_dense(codes) + self.b_pre
         rec = mse(x_hat, x_n)
         l0 = step(pre, theta, self.bandwidth).sum(dim=1).mean()
-        loss = rec + self.l0_coeff * l0
-        return SAEOutput(x_hat, loss, {"mse": rec.detach(), "l0": l0.detach()}, dense_codes=codes)
+        terms = {"mse": rec.detach(), "l0": l0.detach()}
+        controller = self.l0_controller
+        if controller is None:
+            loss = rec + self.l0_coeff * l0
+        else:
+            coeff = controller.coeff.clone()  # the update below must not touch the graph's copy
+            loss = rec + coeff * l0
+            terms["l0_coeff"] = coeff
+            if self.training:
+                controller.update(l0.detach())
+        return SAEOutput(x_hat, loss, terms, dense_codes=codes)
