@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from probe_sae.saes import SAE, SAEConfig, build_sae
+from probe_sae.saes import SAE, SAEConfig, build_sae, kmeans
 from probe_sae.saes.factory import ARCHETYPAL
 from probe_sae.stream.tokens import TensorTokenSource
 from probe_sae.train import SAETarget, TrainConfig, Trainer
@@ -99,6 +99,51 @@ def train_on_tokens(
         **config,
     )
     return Trainer(targets, source, cfg).run().saes
+
+
+def train_families(
+    families: Sequence[str],
+    tokens: Tensor,
+    n_concepts: int,
+    *,
+    k: int,
+    delta: float,
+    n_candidates: int,
+    penalties: dict[str, dict[str, Any]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, SAE]:
+    """Every family of ``families`` built by :func:`bench_sae` (archetypal ones on k-means
+    candidates of ``tokens``; ``penalties`` for the families without k) and trained together on
+    ``tokens`` (N, d), already standardised: no normalisation inside the SAEs, 50 warm-up steps."""
+    candidates = kmeans(tokens, min(n_candidates, tokens.shape[0]), seed=seed)
+    specs: dict[str, SAEConfig | SAE] = {
+        family: bench_sae(
+            family,
+            tokens.shape[1],
+            n_concepts,
+            k=k,
+            candidates=candidates,
+            delta=delta,
+            seed=seed,
+            **penalties.get(family, {}),
+        )
+        for family in families
+    }
+    return train_on_tokens(
+        specs,
+        tokens,
+        steps=steps,
+        batch_size=min(batch_size, tokens.shape[0]),
+        lr=lr,
+        seed=seed,
+        normalization="none",
+        warmup_steps=50,
+        progress=progress,
+    )
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

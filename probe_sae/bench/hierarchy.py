@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe_sae.bench.common import PUBLISHED, bench_sae, markdown_table, train_on_tokens
+from probe_sae.bench.common import PUBLISHED, markdown_table, train_families
 from probe_sae.metrics.reconstruction import fvu
 from probe_sae.organism.world import FAMILIES, N_KINDS, World
-from probe_sae.saes import SAE, kmeans
+from probe_sae.saes import SAE
 
 #: the 8 parents (`probe_sae.organism.world.FAMILIES`: 4 shapes, then 4 colours)
 PARENT_NAMES: tuple[str, ...] = tuple(FAMILIES)
@@ -342,32 +342,12 @@ def hierarchy_study(
     tr = (train_tokens - mean) / std
     keep = test_kinds >= -1
     te, kinds = (test_tokens[keep] - mean) / std, test_kinds[keep]
-    cands = kmeans(tr, min(n_candidates, tr.shape[0]), seed=seed)
     penalties = {"relu": {"l1_coeff": 3e-2}, "jumprelu": JUMPRELU_MATCHED}
-    specs = {
-        fam: bench_sae(
-            fam,
-            tr.shape[1],
-            n_concepts,
-            k=k,
-            candidates=cands,
-            delta=delta,
-            seed=seed,
-            **penalties.get(fam, {}),
-        )
-        for fam in families
-    }
-    saes = train_on_tokens(
-        specs,
-        tr,
-        steps=steps,
-        batch_size=min(batch_size, tr.shape[0]),
-        lr=lr,
-        seed=seed,
-        normalization="none",
-        warmup_steps=50,
+    saes = train_families(
+        families, tr, n_concepts, k=k, delta=delta, n_candidates=n_candidates,
+        penalties=penalties, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         progress=progress,
-    )
+    )  # fmt: skip
     runs: list[tuple[str, str, dict[str, float]]] = [(f, f, {}) for f in saes]
     if mp_residual is not None and "mp" in saes:
         runs.append((f"mp, residual ≤ {mp_residual:g}", "mp", {"residual_threshold": mp_residual}))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from probe_sae.bench.common import PUBLISHED, bench_sae, markdown_table, train_on_tokens
+from probe_sae.bench.common import PUBLISHED, markdown_table, train_families
 from probe_sae.metrics.dictionary import soft_identifiability
 from probe_sae.organism.world import World
 from probe_sae.saes import kmeans
@@ -112,30 +112,10 @@ def identifiability_study(
     c = test_presence.shape[1]
     mean, std = train_acts.mean(0), train_acts.std(0).clamp_min(1e-6)
     tr, te = (train_acts - mean) / std, (test_acts - mean) / std
-    cands = kmeans(tr, min(n_candidates, tr.shape[0]), seed=seed)
-    specs = {
-        fam: bench_sae(
-            fam,
-            tr.shape[1],
-            c,
-            k=k,
-            candidates=cands,
-            delta=delta,
-            seed=seed,
-            **penalties.get(fam, {}),
-        )
-        for fam in families
-    }
-    saes = train_on_tokens(
-        specs,
-        tr,
-        steps=steps,
-        batch_size=min(256, tr.shape[0]),
-        lr=lr,
-        seed=seed,
-        normalization="none",
-        warmup_steps=50,
-    )
+    saes = train_families(
+        families, tr, c, k=k, delta=delta, n_candidates=n_candidates, penalties=penalties,
+        steps=steps, batch_size=256, lr=lr, seed=seed,
+    )  # fmt: skip
     scores, per_object, l0 = {}, {}, {}
     with torch.no_grad():
         for name, sae in saes.items():
